@@ -1,0 +1,183 @@
+"""Typed run configuration: one pydantic model validated before any work starts.
+
+The same models type the Prefect flow parameters. Key names under `extract`,
+`dataset.root`, `store` and `name` are relied upon by outside scripts: keep them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message lists every problem."""
+
+
+class _Strict(BaseModel):
+    # Typos in YAML keys must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TeacherSpec(_Strict):
+    """An open_clip model: a registered name plus a pretrained tag, a local checkpoint, or None."""
+
+    model: str = Field(min_length=1)
+    pretrained: str | None = None
+    name: str | None = Field(default=None, description="short key used in the store; derived if absent")
+
+    @property
+    def key(self) -> str:
+        if self.name:
+            return self.name
+        tag = "random" if self.pretrained is None else Path(self.pretrained).stem
+        return _SLUG.sub("-", f"{self.model}-{tag}".lower()).strip("-")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_slug(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", v):
+            raise ValueError("teacher name must be lowercase letters, digits and dashes")
+        return v
+
+
+class DatasetConfig(_Strict):
+    root: Path = Field(description="folder holding videos.jsonl, queries.jsonl and the video files")
+
+
+class ExtractConfig(_Strict):
+    shard_size: int = Field(default=64, ge=1)
+    fps: float = Field(default=1.0, gt=0)
+    max_frames: int = Field(default=128, ge=1)
+    teacher: list[TeacherSpec] = Field(default_factory=lambda: [TeacherSpec(model="ViT-B-32-quickgelu", pretrained="openai")])
+    visual: list[str] = Field(default_factory=lambda: ["clip"])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    strict: bool = False
+    batch_size: int = Field(default=64, ge=1, description="frames per encoder forward")
+    text_batch_size: int = Field(default=256, ge=1)
+    decode_workers: int = Field(default=2, ge=1)
+    decode_timeout_s: float = Field(default=300.0, gt=0)
+    prefetch_videos: int = Field(default=4, ge=1, description="decoded videos queued ahead of the encoder")
+    shard_retries: int = Field(default=2, ge=0)
+    parallel_shards: int = Field(default=1, ge=1, description="shard tasks running at once on this machine")
+    window: int = Field(default=8, ge=1, description="frames per clip for video backbones")
+    window_stride: int = Field(default=2, ge=1)
+    visual_weights: dict[str, str | None] = Field(
+        default_factory=dict, description="torchvision weights per video backbone, e.g. {r2plus1d_18: KINETICS400_V1}"
+    )
+    seed: int = 0
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("teacher")
+    @classmethod
+    def _unique_teachers(cls, v: list[TeacherSpec]) -> list[TeacherSpec]:
+        if not v:
+            raise ValueError("at least one teacher is needed")
+        keys = [t.key for t in v]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"teacher keys repeat: {keys}; give each a distinct `name`")
+        return v
+
+    @field_validator("visual")
+    @classmethod
+    def _known_visual(cls, v: list[str]) -> list[str]:
+        from models.visual import VISUAL_FEATURES  # registry of names; no I/O
+
+        unknown = [x for x in v if x not in VISUAL_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown visual feature(s) {unknown}; known: {sorted(VISUAL_FEATURES)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"visual features repeat: {v}")
+        return v
+
+
+class RunConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    dataset: DatasetConfig
+    store: str = Field(min_length=1, description="path or fsspec URL of the Zarr feature store")
+    runs_dir: Path = Path("runs")
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+
+    def resolve_paths(self, base: Path) -> RunConfig:
+        """Relative paths in a config file are relative to that file's folder."""
+        data = self.model_dump()
+        data["dataset"]["root"] = _anchor(Path(data["dataset"]["root"]), base)
+        data["runs_dir"] = _anchor(Path(data["runs_dir"]), base)
+        if "://" not in self.store:
+            data["store"] = str(_anchor(Path(self.store), base))
+        return RunConfig.model_validate(data)
+
+
+def _anchor(p: Path, base: Path) -> Path:
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value parsed as YAML, so 2 is int and [x] a list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    items = overrides.items() if isinstance(overrides, dict) else [
+        (".".join(k), v) for k, v in map(parse_override, overrides)
+    ]
+    for dotted, value in items:
+        node = data
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            if child is None:
+                child = node[p] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {dotted}: {p!r} is not a mapping")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        where = ".".join(str(x) for x in e["loc"]) or "<top>"
+        lines.append(f"  - {where}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Read YAML, apply `--set` overrides, validate, anchor relative paths. Raises ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+    return cfg.resolve_paths(path.resolve().parent)
