@@ -1,0 +1,100 @@
+"""The `extract` subflow: one Prefect task per shard that is not committed under its fingerprint."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from configs.schema import RunConfig
+from stages import extract as ex
+from stages.manifest import load_manifest
+from storage.features import FeatureStore
+
+
+class ExtractionIncomplete(RuntimeError):
+    """Raised so the flow run ends Failed while any shard is missing."""
+
+
+@task(name="extract-shard", task_run_name="extract-shard-{plan.index:05d}", retry_delay_seconds=2)
+def extract_shard_task(config: RunConfig, plan: ex.ShardPlan, fp: str) -> dict:
+    logger = get_run_logger()
+    step = max(1, len(plan.videos) // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            logger.info("shard %d: %d/%d videos decoded", plan.index, done, total)
+
+    try:
+        result = ex.extract_shard(plan, config, fp, progress)
+    except Exception as e:
+        FeatureStore(config.store, mode="a").record_shard_failure(plan.index, f"{type(e).__name__}: {e}")
+        raise
+    if result.failed:
+        logger.warning("shard %d: %d video(s) left out: %s", plan.index, len(result.failed), result.failed)
+    logger.info("shard %d committed: %d videos, %d frames", plan.index, result.videos, result.frames)
+    return {"shard": result.index, "videos": result.videos, "frames": result.frames, "failed": result.failed}
+
+
+@task(name="extract-text", task_run_name="extract-text-{split}")
+def extract_text_task(config: RunConfig, split: str, fp: str) -> int:
+    manifest = load_manifest(config.dataset.root)
+    n = ex.extract_text(manifest, split, config, fp)
+    get_run_logger().info("text %s committed: %d queries", split, n)
+    return n
+
+
+def _table_rows(status: dict, ran: set[int]) -> list[dict]:
+    return [{
+        "shard": r["shard"], "state": r["state"], "this_run": "ran" if r["shard"] in ran else "skipped (committed)",
+        "videos": r["videos_in_manifest"], "stored": r["videos"], "committed_at": r["committed_at"] or "",
+        "failed_videos": "; ".join(f"{k}: {v}" for k, v in r["failed_videos"].items()),
+        "error": (r["error"] or r["note"] or "")[:300],
+    } for r in status["shards"]]
+
+
+@flow(name="extract", log_prints=True)
+def extract_flow(config: RunConfig) -> dict:
+    logger = get_run_logger()
+    manifest = load_manifest(config.dataset.root)
+    plans = ex.plan_shards(manifest, config.extract.shard_size)
+    store = FeatureStore(config.store, mode="a")
+    store.invalidate_consolidated()
+    dropped = store.drop_shards_from(len(plans))
+    if dropped:
+        logger.info("removed shards %s beyond the current manifest", dropped)
+    fps = {p.index: ex.shard_fingerprint(p, config.extract, manifest.root) for p in plans}
+    todo = [p for p in plans if store.shard_status(p.index, fps[p.index]).state != "committed"]
+    text_fps = {s: ex.text_fingerprint(manifest, s, config.extract) for s in manifest.splits()}
+    text_todo = [s for s, fp in text_fps.items() if store.text_status(s, fp) != "committed"]
+    logger.info("%d shards, %d to extract (%s); text splits to encode: %s", len(plans), len(todo),
+                [p.index for p in todo], text_todo)
+
+    progress_id = create_progress_artifact(0.0, key="extract-progress", description=f"shards of {config.name}")
+    runner = extract_shard_task.with_options(retries=config.extract.shard_retries)
+    futures = [runner.submit(config, p, fps[p.index]) for p in todo]
+    futures += [extract_text_task.submit(config, s, text_fps[s]) for s in text_todo]
+    for finished, _ in enumerate(as_completed(futures), 1):
+        update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
+    status = ex.extraction_status(config, manifest, store)
+    rows = _table_rows(status, {p.index for p in todo})
+    create_table_artifact(rows, key="extract-shards", description=f"shard states of {config.name}")
+    update_progress_artifact(progress_id, 100.0)
+
+    missing = [r for r in rows if r["state"] != "committed"]
+    text_missing = [s for s, state in status["text"].items() if state != "committed"]
+    if missing or text_missing:
+        detail = "; ".join(f"shard {r['shard']} ({r['state']}: {r['error'] or 'no error recorded'})" for r in missing)
+        if text_missing:
+            detail += f"; text splits not committed: {text_missing}"
+        raise ExtractionIncomplete(f"{len(missing)} of {len(plans)} shards not committed: {detail}")
+    store.consolidate()
+    left_out = {vid: err for r in status["shards"] for vid, err in r["failed_videos"].items()}
+    return {"shards": len(plans), "extracted": len(todo), "videos_left_out": left_out}
+
+
+def extract_flow_for(config: RunConfig):
+    # Shards run one at a time in a process (they share its decoder pool and models);
+    # scale-out is a Dask task runner.
+    return extract_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))

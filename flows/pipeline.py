@@ -1,0 +1,31 @@
+"""The `prvr` flow: the pipeline's stages as subflows. Deployments in prefect.yaml point here."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+
+from configs.schema import load_config
+from flows.extract import extract_flow_for
+from stages.manifest import load_manifest
+
+Stage = Literal["extract"]
+ALL_STAGES: list[Stage] = ["extract"]
+
+
+@flow(name="prvr", log_prints=True)
+def prvr_flow(
+    config_path: str = "configs/demo.yaml",
+    stages: list[Stage] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Run the pipeline's stages in order; `overrides` are dotted keys, e.g. {"extract.fps": 2}."""
+    cfg = load_config(config_path, overrides or {})
+    load_manifest(cfg.dataset.root)  # validated at the door, before any work
+    wanted = [s for s in ALL_STAGES if s in (stages or ALL_STAGES)]
+    get_run_logger().info("run %s: stages %s, store %s", cfg.name, wanted, cfg.store)
+    results: dict[str, Any] = {}
+    if "extract" in wanted:
+        results["extract"] = extract_flow_for(cfg)(cfg)
+    return results

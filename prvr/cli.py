@@ -1,0 +1,135 @@
+"""`prvr`: the command line around the Prefect flows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from prvr.env import apply_defaults
+
+apply_defaults()  # before anything imports prefect
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+stack_app = typer.Typer(no_args_is_help=True, help="The local Prefect stack: server, work pool, deployments, worker.")
+app.add_typer(stack_app, name="stack")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _load(config: Path, overrides: list[str]):
+    from configs.schema import ConfigError, load_config
+    from stages.manifest import ManifestError, load_manifest
+
+    try:
+        cfg = load_config(config, overrides)
+        manifest = load_manifest(cfg.dataset.root)
+    except (ConfigError, ManifestError) as e:
+        _fail(str(e))
+    return cfg, manifest
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="YAML run config"),
+    stages: Optional[list[str]] = typer.Option(None, "--stages", "-s", help="stages to run (default: all)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+) -> None:
+    """Run the pipeline in this process (a local ephemeral Prefect API unless PREFECT_API_URL is set)."""
+    from flows.pipeline import ALL_STAGES
+
+    _load(config, set_ or [])  # validate everything before Prefect starts
+    unknown = sorted(set(stages or []) - set(ALL_STAGES))
+    if unknown:
+        _fail(f"unknown stage(s) {unknown}; known: {ALL_STAGES}")
+    from configs.schema import parse_override
+    from flows.pipeline import prvr_flow
+
+    flat = {".".join(keys): value for keys, value in map(parse_override, set_ or [])}
+    state = prvr_flow(str(config.resolve()), stages=stages or None, overrides=flat, return_state=True)
+    if not state.is_completed():
+        _fail(f"run ended {state.name}: {state.message}", code=1)
+    typer.echo(json.dumps(state.result(), indent=2, default=str))
+
+
+@app.command()
+def status(
+    config: Path = typer.Argument(..., help="YAML run config"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Every shard's state under the current config: committed, failed, missing or stale."""
+    from stages.extract import extraction_status
+    from storage.features import FeatureStore, StoreError
+
+    cfg, manifest = _load(config, set_ or [])
+    try:
+        store = FeatureStore(cfg.store, mode="r")
+    except StoreError:
+        store = None
+    if store is None:
+        from stages.extract import plan_shards
+
+        report = {"store": cfg.store, "complete": False, "text": {s: "missing" for s in manifest.splits()},
+                  "shards": [{"shard": p.index, "state": "missing", "committed_at": None, "videos": 0,
+                              "videos_in_manifest": len(p.videos), "failed_videos": {}, "error": None,
+                              "note": "no store yet"} for p in plan_shards(manifest, cfg.extract.shard_size)]}
+    else:
+        report = extraction_status(cfg, manifest, store)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{cfg.name}: {cfg.store}")
+    for col in ("shard", "state", "committed_at", "videos", "failed videos", "error / note"):
+        table.add_column(col)
+    colours = {"committed": "green", "failed": "red", "stale": "yellow", "missing": "magenta"}
+    for r in report["shards"]:
+        failed = "; ".join(f"{k}: {v}" for k, v in r["failed_videos"].items())
+        table.add_row(str(r["shard"]), f"[{colours[r['state']]}]{r['state']}[/]", r["committed_at"] or "",
+                      f"{r['videos']}/{r['videos_in_manifest']}", failed, r["error"] or r["note"] or "")
+    console = Console()
+    console.print(table)
+    console.print("text: " + ", ".join(f"{k} {v}" for k, v in report["text"].items()))
+    console.print("complete" if report["complete"] else "[red]incomplete[/]")
+
+
+@stack_app.command("up")
+def stack_up(port: Optional[int] = typer.Option(None, help="server port (default 4200)")) -> None:
+    """Start the server, create the work pool, apply the deployments, start one worker."""
+    from prvr import stack
+
+    try:
+        stack.up(stack.Stack.from_env(port=port), echo=typer.echo)
+    except RuntimeError as e:
+        _fail(str(e), code=1)
+
+
+@stack_app.command("down")
+def stack_down(port: Optional[int] = typer.Option(None)) -> None:
+    """Stop the worker and the server cleanly."""
+    from prvr import stack
+
+    stack.down(stack.Stack.from_env(port=port), echo=typer.echo)
+
+
+@stack_app.command("status")
+def stack_status(port: Optional[int] = typer.Option(None)) -> None:
+    from prvr import stack
+
+    info = stack.status(stack.Stack.from_env(port=port))
+    typer.echo(json.dumps(info, indent=2))
+    if not info["healthy"]:
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app(sys.argv[1:])

@@ -1,0 +1,24 @@
+"""Process environment defaults for Prefect, set before prefect is imported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULTS = {
+    # Project-local Prefect state: no writes to the user's home, no clash between checkouts.
+    "PREFECT_HOME": str(PROJECT_ROOT / ".prefect"),
+    # Analytics writes to SQLite concurrently and causes "database is locked" noise.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # Our stage modules log through `prvr.*`; show those lines in the Prefect UI too.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "prvr",
+    # Offline by default: a hub download must fail fast, not hang.
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+
+
+def apply_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)

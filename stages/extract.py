@@ -1,0 +1,314 @@
+"""Extraction: sampled frames -> teacher CLIP embeddings and student visual features,
+queries -> teacher sentence embeddings and student token features, into the feature store.
+
+Plain functions over plain data; no Prefect here. One unit of work is one shard of videos.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from configs.schema import ExtractConfig, RunConfig, TeacherSpec
+from stages.manifest import Manifest, Video
+from storage.features import LAYOUT_VERSION, FeatureStore
+from storage.fingerprint import file_identity, fingerprint
+
+log = logging.getLogger("prvr.extract")
+Progress = Callable[[int, int], None]
+
+
+class ShardFailed(RuntimeError):
+    """A shard that must not be committed (strict mode with bad videos, or a drill)."""
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    videos: tuple[Video, ...]
+
+
+def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardPlan]:
+    """Consecutive runs of the manifest's videos; appending videos only touches the last shard."""
+    vids = manifest.videos
+    return [ShardPlan(i // shard_size, tuple(vids[i:i + shard_size])) for i in range(0, len(vids), shard_size)]
+
+
+# ---- fingerprints -------------------------------------------------------------
+def teacher_identity(spec: TeacherSpec) -> dict:
+    pretrained = spec.pretrained
+    if pretrained is not None and Path(pretrained).is_file():
+        return {"model": spec.model, "pretrained": file_identity(pretrained)}
+    return {"model": spec.model, "pretrained": pretrained}
+
+
+def _extraction_settings(cfg: ExtractConfig) -> dict:
+    # Only what changes the stored numbers; batch sizes, devices and workers do not.
+    return {
+        "layout": LAYOUT_VERSION, "fps": cfg.fps, "max_frames": cfg.max_frames, "visual": cfg.visual,
+        "window": cfg.window, "window_stride": cfg.window_stride, "visual_weights": cfg.visual_weights,
+        "teachers": [{"key": t.key, **teacher_identity(t)} for t in cfg.teacher], "seed": cfg.seed,
+    }
+
+
+def shard_fingerprint(plan: ShardPlan, cfg: ExtractConfig, root: Path) -> str:
+    files = []
+    for v in plan.videos:
+        try:
+            st = os.stat(v.path)
+            stat = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            stat = None
+        files.append([v.video_id, v.split, str(v.path.relative_to(root)), stat])
+    return fingerprint({"videos": files, "settings": _extraction_settings(cfg)})
+
+
+def text_fingerprint(manifest: Manifest, split: str, cfg: ExtractConfig) -> str:
+    queries = [[q.query_id, q.video_id, q.text, q.moment] for q in manifest.queries_of(split)]
+    settings = {"layout": LAYOUT_VERSION, "max_tokens": cfg.max_tokens,
+                "teachers": [{"key": t.key, **teacher_identity(t)} for t in cfg.teacher]}
+    return fingerprint({"queries": queries, "settings": settings})
+
+
+# ---- feature names ------------------------------------------------------------
+def teacher_feature(spec: TeacherSpec) -> str:
+    return f"teacher.{spec.key}"
+
+
+def visual_feature(name: str) -> str:
+    return f"visual.{name}"
+
+
+def token_model(cfg: ExtractConfig) -> str:
+    """Student token features come from the first teacher's text transformer."""
+    return cfg.teacher[0].key
+
+
+# ---- encoders -----------------------------------------------------------------
+class Encoders:
+    """The models one shard needs, loaded once per process through the models' caches."""
+
+    def __init__(self, cfg: ExtractConfig):
+        from models.clip import load_clip_encoder, resolve_device
+        from models.visual import VISUAL_FEATURES, load_video_backbone
+
+        self.device = resolve_device(cfg.device)
+        self.teachers = {t.key: load_clip_encoder(t.model, t.pretrained, self.device, cfg.seed) for t in cfg.teacher}
+        self.first = self.teachers[cfg.teacher[0].key]
+        self.backbones = {
+            name: load_video_backbone(name, cfg.visual_weights.get(name), self.device, cfg.seed)
+            for name in cfg.visual if VISUAL_FEATURES[name].kind == "video"
+        }
+        self.cfg = cfg
+
+    def feature_dims(self) -> dict[str, int]:
+        dims = {teacher_feature(t): self.teachers[t.key].embed_dim for t in self.cfg.teacher}
+        for name in self.cfg.visual:
+            dims[visual_feature(name)] = self.backbones[name].dim if name in self.backbones else self.first.embed_dim
+        return dims
+
+    def decode_short_side(self) -> int:
+        sizes = [e.image_size for e in self.teachers.values()] + [b.input_size for b in self.backbones.values()]
+        return max(sizes)
+
+
+# ---- batching across videos ---------------------------------------------------
+class _RowBatcher:
+    """Feeds rows of many videos through one encoder in full batches and hands back per-video outputs."""
+
+    def __init__(self, batch_size: int, encode: Callable[[np.ndarray], dict[str, np.ndarray]]):
+        self.batch_size = batch_size
+        self.encode = encode
+        self._pending: list[tuple[str, np.ndarray]] = []  # (video key, rows not yet encoded)
+        self._rows = 0
+        self._outputs: dict[str, dict[str, list[np.ndarray]]] = {}
+        self._expected: dict[str, int] = {}
+        self._done_rows: dict[str, int] = {}
+
+    def add(self, key: str, rows: np.ndarray) -> None:
+        self._expected[key] = len(rows)
+        self._done_rows[key] = 0
+        self._outputs[key] = {}
+        self._pending.append((key, rows))
+        self._rows += len(rows)
+
+    def _run(self, limit: int) -> None:
+        take: list[tuple[str, np.ndarray]] = []
+        n = 0
+        while self._pending and n < limit:
+            key, rows = self._pending[0]
+            k = min(len(rows), limit - n)
+            take.append((key, rows[:k]))
+            n += k
+            if k == len(rows):
+                self._pending.pop(0)
+            else:
+                self._pending[0] = (key, rows[k:])
+        self._rows -= n
+        out = self.encode(np.concatenate([r for _, r in take]))
+        start = 0
+        for key, rows in take:
+            for name, values in out.items():
+                self._outputs[key].setdefault(name, []).append(values[start:start + len(rows)])
+            self._done_rows[key] += len(rows)
+            start += len(rows)
+
+    def pump(self, flush: bool = False) -> None:
+        while self._rows >= self.batch_size or (flush and self._rows > 0):
+            self._run(self.batch_size)
+
+    def pop_finished(self) -> dict[str, dict[str, np.ndarray]]:
+        done = [k for k, n in self._done_rows.items() if n == self._expected[k]]
+        result = {}
+        for key in done:
+            result[key] = {name: np.concatenate(parts) for name, parts in self._outputs.pop(key).items()}
+            del self._done_rows[key], self._expected[key]
+        return result
+
+
+def _drill_fail(index: int) -> None:
+    # PRVR_FAIL_SHARDS="1,3": those shards raise, for tests and failure drills.
+    wanted = os.environ.get("PRVR_FAIL_SHARDS", "")
+    if str(index) in {s.strip() for s in wanted.split(",") if s.strip()}:
+        raise ShardFailed(f"shard {index} failed on purpose (PRVR_FAIL_SHARDS={wanted})")
+
+
+@dataclass
+class ShardResult:
+    index: int
+    videos: int
+    frames: int
+    failed: dict[str, str]
+    fingerprint: str
+
+
+def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress | None = None) -> ShardResult:
+    """Decode, encode and write one shard, committing it only when complete."""
+    from stages.decode import DecodeFailure, DecodeRequest, get_decode_pool
+
+    _drill_fail(plan.index)
+    ex = cfg.extract
+    enc = Encoders(ex)
+    store = FeatureStore(cfg.store, mode="a")
+    writer = store.begin_shard(plan.index, enc.feature_dims())
+    short_side = enc.decode_short_side()
+    needs_windows = bool(enc.backbones)
+
+    def encode_frames(frames: np.ndarray) -> dict[str, np.ndarray]:
+        out = {}
+        for spec in ex.teacher:
+            normalised, raw = enc.teachers[spec.key].encode_frames(frames)
+            out[teacher_feature(spec)] = normalised.numpy()
+            if spec is ex.teacher[0] and "clip" in ex.visual:
+                out[visual_feature("clip")] = raw.numpy()
+        return out
+
+    frame_batcher = _RowBatcher(ex.batch_size, encode_frames)
+    clip_batchers = {
+        name: _RowBatcher(max(1, ex.batch_size // ex.window),
+                          lambda clips, b=b, name=name: {visual_feature(name): b.encode_clips(clips).numpy()})
+        for name, b in enc.backbones.items()
+    }
+    meta: dict[str, tuple[Video, object]] = {}
+    order: list[str] = []
+    written = 0
+    frames_total = 0
+
+    def write_finished(flush: bool) -> None:
+        nonlocal written, frames_total
+        frame_batcher.pump(flush)
+        done = frame_batcher.pop_finished()
+        for b in clip_batchers.values():
+            b.pump(flush)
+        clip_done = [b.pop_finished() for b in clip_batchers.values()]
+        pending.update({k: dict(v) for k, v in done.items()})
+        for part in clip_done:
+            for k, v in part.items():
+                pending.setdefault(k, {}).update(v)
+        # Write in manifest order so a shard's layout does not depend on timing.
+        while order and order[0] in pending and len(pending[order[0]]) == len(feature_names):
+            key = order.pop(0)
+            video, decoded = meta.pop(key)
+            writer.add_video(video.video_id, video.split, decoded.duration, decoded.plan.times, pending.pop(key))
+            written += 1
+            frames_total += len(decoded.plan.times)
+
+    pending: dict[str, dict[str, np.ndarray]] = {}
+    feature_names = list(enc.feature_dims())
+    requests = [
+        DecodeRequest(key=v.video_id, path=str(v.path), fps=ex.fps, max_frames=ex.max_frames, short_side=short_side,
+                      window=ex.window if needs_windows else None, stride=ex.window_stride)
+        for v in plan.videos
+    ]
+    by_id = {v.video_id: v for v in plan.videos}
+    pool = get_decode_pool(ex.decode_workers, ex.decode_timeout_s)
+    for n, (request, result) in enumerate(pool.imap(requests, prefetch=ex.prefetch_videos), 1):
+        video = by_id[request.key]
+        if isinstance(result, DecodeFailure):
+            writer.add_failure(video.video_id, result.error)
+            log.warning("shard %d: %s left out: %s", plan.index, video.video_id, result.error)
+        else:
+            meta[video.video_id] = (video, result)
+            order.append(video.video_id)
+            frame_batcher.add(video.video_id, result.samples())
+            for b in clip_batchers.values():
+                b.add(video.video_id, result.clips())
+            write_finished(flush=False)
+        if progress:
+            progress(n, len(requests))
+    write_finished(flush=True)
+    failed = writer.failed
+    if failed and ex.strict:
+        raise ShardFailed(f"shard {plan.index}: {len(failed)} bad video(s) and extract.strict is true: "
+                          + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+    writer.commit(fp, {"frames": frames_total})
+    return ShardResult(plan.index, written, frames_total, failed, fp)
+
+
+# ---- text ---------------------------------------------------------------------
+def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str) -> int:
+    """Sentence embeddings per teacher and token features of the first teacher for one split."""
+    from models.clip import load_clip_encoder, resolve_device
+
+    ex = cfg.extract
+    device = resolve_device(ex.device)
+    queries = manifest.queries_of(split)
+    teachers = {t.key: load_clip_encoder(t.model, t.pretrained, device, ex.seed) for t in ex.teacher}
+    tok_key = token_model(ex)
+    tok_enc = teachers[tok_key]
+    max_tokens = min(ex.max_tokens, tok_enc.context_length)
+    arrays = {f"sentence.{k}": (e.embed_dim,) for k, e in teachers.items()}
+    arrays[f"tokens.{tok_key}"] = (max_tokens, tok_enc.token_dim)
+    arrays[f"token_lengths.{tok_key}"] = ()
+    moments = np.array([q.moment if q.moment else (np.nan, np.nan) for q in queries], dtype=np.float32).reshape(-1, 2)
+    store = FeatureStore(cfg.store, mode="a")
+    writer = store.begin_text(split, [q.query_id for q in queries], [q.video_id for q in queries],
+                              [q.text for q in queries], moments, arrays)
+    for start in range(0, len(queries), ex.text_batch_size):
+        texts = [q.text for q in queries[start:start + ex.text_batch_size]]
+        for key, e in teachers.items():
+            writer.write(f"sentence.{key}", start, e.encode_sentences(texts).numpy())
+        tokens, lengths = tok_enc.encode_tokens(texts, max_tokens=max_tokens)
+        writer.write(f"tokens.{tok_key}", start, tokens.numpy())
+        writer.write(f"token_lengths.{tok_key}", start, lengths.numpy())
+    writer.commit(fp)
+    return len(queries)
+
+
+def extraction_status(cfg: RunConfig, manifest: Manifest, store: FeatureStore | None = None) -> dict:
+    """Every shard's and text split's state under the current fingerprints (for status and artifacts)."""
+    plans = plan_shards(manifest, cfg.extract.shard_size)
+    store = store or FeatureStore(cfg.store, mode="r")
+    shards = []
+    for p in plans:
+        s = store.shard_status(p.index, shard_fingerprint(p, cfg.extract, manifest.root))
+        shards.append({**s.as_dict(), "videos_in_manifest": len(p.videos),
+                       "first_video": p.videos[0].video_id, "last_video": p.videos[-1].video_id})
+    text = {split: store.text_status(split, text_fingerprint(manifest, split, cfg.extract)) for split in manifest.splits()}
+    return {"store": cfg.store, "shards": shards, "text": text,
+            "complete": all(r["state"] == "committed" for r in shards) and all(v == "committed" for v in text.values())}

@@ -1,0 +1,393 @@
+"""The Zarr feature store: the one place that knows its layout.
+
+    <store>/
+      zarr.json                       attrs: layout version
+      videos/shard-00042/             one group per extraction shard, one writer each
+        frame_time                    (frames_in_shard,) float32 seconds
+        offsets                       (videos_in_shard + 1,) int64, written at commit
+        <feature>                     (frames_in_shard, D) float16, e.g. teacher.<key>, visual.clip
+        attrs: video_ids, splits, durations, failed {video_id: error}, started_at,
+               fingerprint, committed {at, fingerprint} (written last: the commit marker),
+               last_error (a failed attempt, for status)
+      text/<split>/                   one group per split
+        moment                        (queries, 2) float32 seconds, NaN when unknown
+        sentence.<teacher>            (queries, D) float16, L2-normalised
+        tokens.<model>                (queries, L, W) float16, zeros beyond length
+        token_lengths.<model>         (queries,) int32
+        attrs: query_ids, video_ids, texts, fingerprint, committed {at, fingerprint}
+
+A shard or text split counts only when its commit marker holds the current fingerprint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from storage.location import store_exists, zarr_store
+
+LAYOUT_VERSION = 1
+CHUNK_BYTES = 1 << 20  # chunks around 1 MB: few objects on remote stores, cheap partial reads
+_COMPRESSORS = ZstdCodec(level=3)
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _rows_per_chunk(row_bytes: int) -> int:
+    return max(64, CHUNK_BYTES // max(1, row_bytes))
+
+
+class StoreError(RuntimeError):
+    """The store is missing, incomplete or does not hold what was asked for."""
+
+
+@dataclass(frozen=True)
+class ShardStatus:
+    index: int
+    state: str  # committed | stale | failed | missing
+    committed_at: str | None = None
+    videos: int = 0
+    failed_videos: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "shard": self.index, "state": self.state, "committed_at": self.committed_at,
+            "videos": self.videos, "failed_videos": self.failed_videos, "error": self.error, "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class VideoLocation:
+    shard: int
+    start: int
+    stop: int
+    split: str
+    duration: float
+
+
+@dataclass
+class PaddedSplit:
+    video_ids: list[str]
+    features: np.ndarray  # (N, T, D)
+    mask: np.ndarray  # (N, T) bool, True on real frames
+    times: np.ndarray  # (N, T) float32 seconds, 0 on padding
+
+
+@dataclass
+class TextSplit:
+    query_ids: list[str]
+    video_ids: list[str]
+    texts: list[str]
+    moments: np.ndarray  # (Q, 2) float32, NaN when unknown
+    group: Any = field(repr=False)
+
+    def sentences(self, teacher: str) -> np.ndarray:
+        return _read(self.group, f"sentence.{teacher}")
+
+    def tokens(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        return _read(self.group, f"tokens.{model}"), _read(self.group, f"token_lengths.{model}")
+
+
+def _read(group, name: str) -> np.ndarray:
+    if name not in group:
+        raise StoreError(f"{group.path}: no array {name!r}; present: {sorted(group.array_keys())}")
+    return group[name][...]
+
+
+class ShardWriter:
+    """Writes one shard group video by video; nothing counts until `commit`."""
+
+    def __init__(self, group: zarr.Group, feature_dims: dict[str, int]):
+        self._group = group
+        self._dims = dict(feature_dims)
+        self._rows = 0
+        self._offsets = [0]
+        self._video_ids: list[str] = []
+        self._splits: list[str] = []
+        self._durations: list[float] = []
+        self._failed: dict[str, str] = {}
+        group.create_array("frame_time", shape=(0,), chunks=(_rows_per_chunk(4),), dtype="float32",
+                           compressors=_COMPRESSORS, fill_value=0.0)
+        for name, dim in self._dims.items():
+            group.create_array(name, shape=(0, dim), chunks=(_rows_per_chunk(2 * dim), dim), dtype="float16",
+                               compressors=_COMPRESSORS, fill_value=0.0)
+
+    def add_video(self, video_id: str, split: str, duration: float, times: np.ndarray,
+                  features: dict[str, np.ndarray]) -> None:
+        if set(features) != set(self._dims):
+            raise ValueError(f"features {sorted(features)} differ from the shard's {sorted(self._dims)}")
+        n = len(times)
+        start, stop = self._rows, self._rows + n
+        for name, arr in features.items():
+            if arr.shape != (n, self._dims[name]):
+                raise ValueError(f"{video_id}: {name} has shape {arr.shape}, expected {(n, self._dims[name])}")
+            zarr_arr = self._group[name]
+            zarr_arr.resize((stop, self._dims[name]))
+            zarr_arr[start:stop] = arr.astype(np.float16)
+        times_arr = self._group["frame_time"]
+        times_arr.resize((stop,))
+        times_arr[start:stop] = np.asarray(times, dtype=np.float32)
+        self._rows = stop
+        self._offsets.append(stop)
+        self._video_ids.append(video_id)
+        self._splits.append(split)
+        self._durations.append(float(duration))
+
+    def add_failure(self, video_id: str, error: str) -> None:
+        self._failed[video_id] = error
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return dict(self._failed)
+
+    def commit(self, fingerprint: str, info: dict[str, Any] | None = None) -> None:
+        self._group.create_array("offsets", data=np.asarray(self._offsets, dtype=np.int64), overwrite=True)
+        self._group.attrs.update({
+            "video_ids": self._video_ids, "splits": self._splits, "durations": self._durations,
+            "failed": self._failed, "fingerprint": fingerprint, "info": info or {},
+        })
+        # The marker goes in a second, final write: a crash before it leaves the shard uncommitted.
+        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}})
+
+
+class FeatureStore:
+    """Read and write the feature store at a local path or fsspec URL."""
+
+    def __init__(self, location: str, mode: str = "r"):
+        self.location = location
+        if mode == "r" and not store_exists(location):
+            raise StoreError(f"no feature store at {location}; run the extract stage first")
+        store = zarr_store(location, read_only=(mode == "r"))
+        # State checks must see the truth, never a consolidated snapshot taken earlier.
+        self.root = zarr.open_group(store, mode="r" if mode == "r" else "a", use_consolidated=False)
+        if mode != "r" and "layout_version" not in self.root.attrs:
+            self.root.attrs.update({"layout_version": LAYOUT_VERSION, "created_at": _now()})
+        self._index: dict[str, VideoLocation] | None = None
+
+    # ---- shards -------------------------------------------------------------
+    def _videos(self) -> zarr.Group | None:
+        return self.root["videos"] if "videos" in self.root else None
+
+    def shard_indices(self) -> list[int]:
+        videos = self._videos()
+        if videos is None:
+            return []
+        return sorted(int(k.split("-")[1]) for k in videos.group_keys() if k.startswith("shard-"))
+
+    def _shard_attrs(self, index: int) -> dict[str, Any] | None:
+        videos = self._videos()
+        name = shard_name(index)
+        if videos is None or name not in videos:
+            return None
+        try:
+            return dict(videos[name].attrs)
+        except Exception as e:  # a torn zarr.json from a killed writer reads as "not committed"
+            return {"_unreadable": str(e)}
+
+    def begin_shard(self, index: int, feature_dims: dict[str, int]) -> ShardWriter:
+        """Start (or restart) a shard: any earlier partial or stale content is removed."""
+        videos = self.root.require_group("videos")
+        group = videos.create_group(shard_name(index), overwrite=True)
+        group.attrs.update({"started_at": _now(), "committed": None})
+        self._index = None
+        return ShardWriter(group, feature_dims)
+
+    def record_shard_failure(self, index: int, error: str) -> None:
+        """Remember why the last attempt failed, for `prvr status`; never touches a committed shard's data."""
+        videos = self.root.require_group("videos")
+        name = shard_name(index)
+        group = videos[name] if name in videos else videos.create_group(name)
+        attrs = dict(group.attrs)
+        if attrs.get("committed"):
+            return
+        group.attrs.update({"last_error": {"at": _now(), "error": error[:2000]}})
+
+    def shard_status(self, index: int, fingerprint: str | None) -> ShardStatus:
+        attrs = self._shard_attrs(index)
+        if attrs is None:
+            return ShardStatus(index, "missing")
+        if "_unreadable" in attrs:
+            return ShardStatus(index, "missing", note=f"unreadable metadata: {attrs['_unreadable']}")
+        committed = attrs.get("committed")
+        if committed:
+            state = "committed" if fingerprint is None or committed.get("fingerprint") == fingerprint else "stale"
+            return ShardStatus(index, state, committed_at=committed.get("at"), videos=len(attrs.get("video_ids", [])),
+                               failed_videos=attrs.get("failed", {}))
+        last_error = attrs.get("last_error")
+        if last_error:
+            return ShardStatus(index, "failed", error=last_error.get("error"), note=f"failed at {last_error.get('at')}")
+        return ShardStatus(index, "missing", note=f"incomplete: started {attrs.get('started_at')} and never committed")
+
+    def drop_shards_from(self, first_unused: int) -> list[int]:
+        """Remove shard groups beyond the current sharding (the manifest shrank)."""
+        videos = self._videos()
+        dropped = [i for i in self.shard_indices() if i >= first_unused]
+        for i in dropped:
+            del videos[shard_name(i)]
+        if dropped:
+            self._index = None
+        return dropped
+
+    # ---- reading videos -----------------------------------------------------
+    def committed_shards(self) -> list[int]:
+        return [i for i in self.shard_indices() if (self._shard_attrs(i) or {}).get("committed")]
+
+    def video_index(self) -> dict[str, VideoLocation]:
+        if self._index is None:
+            index: dict[str, VideoLocation] = {}
+            for i in self.committed_shards():
+                group = self.root["videos"][shard_name(i)]
+                attrs = group.attrs
+                offsets = group["offsets"][...]
+                for j, vid in enumerate(attrs["video_ids"]):
+                    index[vid] = VideoLocation(i, int(offsets[j]), int(offsets[j + 1]), attrs["splits"][j],
+                                               float(attrs["durations"][j]))
+            self._index = index
+        return self._index
+
+    def feature_names(self) -> list[str]:
+        shards = self.committed_shards()
+        if not shards:
+            return []
+        group = self.root["videos"][shard_name(shards[0])]
+        return sorted(k for k in group.array_keys() if k not in ("frame_time", "offsets"))
+
+    def _shard_array(self, shard: int, name: str) -> zarr.Array:
+        group = self.root["videos"][shard_name(shard)]
+        if name not in group:
+            raise StoreError(f"feature {name!r} not in the store; present: {self.feature_names()}")
+        return group[name]
+
+    def video_frames(self, video_id: str, feature: str) -> tuple[np.ndarray, np.ndarray]:
+        """(frames (T, D) float16, times (T,) float32) of one video."""
+        loc = self.video_index().get(video_id)
+        if loc is None:
+            raise StoreError(f"video {video_id!r} is not in any committed shard of {self.location}")
+        frames = self._shard_array(loc.shard, feature)[loc.start:loc.stop]
+        times = self._shard_array(loc.shard, "frame_time")[loc.start:loc.stop]
+        return frames, times
+
+    def split_video_ids(self, split: str) -> list[str]:
+        return [vid for vid, loc in self.video_index().items() if loc.split == split]
+
+    def iter_split(self, split: str, feature: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(video_id, frames, times) for every stored video of a split, reading each shard once."""
+        by_shard: dict[int, list[tuple[str, VideoLocation]]] = {}
+        for vid, loc in self.video_index().items():
+            if loc.split == split:
+                by_shard.setdefault(loc.shard, []).append((vid, loc))
+        for shard in sorted(by_shard):
+            frames = self._shard_array(shard, feature)[...]
+            times = self._shard_array(shard, "frame_time")[...]
+            for vid, loc in by_shard[shard]:
+                yield vid, frames[loc.start:loc.stop], times[loc.start:loc.stop]
+
+    def padded(self, split: str, feature: str, max_frames: int | None = None,
+               dtype: np.dtype | type = np.float32) -> PaddedSplit:
+        """A split as padded arrays with a mask; videos longer than max_frames are uniformly resampled."""
+        items = list(self.iter_split(split, feature))
+        if not items:
+            raise StoreError(f"no videos of split {split!r} in {self.location}")
+        longest = max(len(t) for _, _, t in items)
+        t_max = min(longest, max_frames) if max_frames else longest
+        dim = items[0][1].shape[1]
+        feats = np.zeros((len(items), t_max, dim), dtype=dtype)
+        mask = np.zeros((len(items), t_max), dtype=bool)
+        times = np.zeros((len(items), t_max), dtype=np.float32)
+        for i, (_, f, t) in enumerate(items):
+            if len(t) > t_max:
+                keep = np.round(np.linspace(0, len(t) - 1, t_max)).astype(int)
+                f, t = f[keep], t[keep]
+            feats[i, : len(t)] = f
+            mask[i, : len(t)] = True
+            times[i, : len(t)] = t
+        return PaddedSplit([vid for vid, _, _ in items], feats, mask, times)
+
+    def dask_frames(self, feature: str):
+        """All committed frames of a feature as one dask array (rows = frames), with per-video offsets.
+
+        Returns (array (F, D), offsets (V+1,), video_ids, splits); blocks follow the Zarr chunks.
+        """
+        import dask.array as da
+
+        parts, video_ids, splits, offsets = [], [], [], [0]
+        for i in self.committed_shards():
+            group = self.root["videos"][shard_name(i)]
+            arr = self._shard_array(i, feature)
+            parts.append(da.from_zarr(arr))
+            shard_offsets = group["offsets"][...]
+            offsets.extend((shard_offsets[1:] + offsets[-1]).tolist())
+            video_ids.extend(group.attrs["video_ids"])
+            splits.extend(group.attrs["splits"])
+        if not parts:
+            raise StoreError(f"no committed shards in {self.location}")
+        return da.concatenate(parts, axis=0), np.asarray(offsets, dtype=np.int64), video_ids, splits
+
+    # ---- text ---------------------------------------------------------------
+    def text_status(self, split: str, fingerprint: str | None) -> str:
+        if "text" not in self.root or split not in self.root["text"]:
+            return "missing"
+        committed = self.root["text"][split].attrs.get("committed")
+        if not committed:
+            return "missing"
+        return "committed" if fingerprint is None or committed.get("fingerprint") == fingerprint else "stale"
+
+    def begin_text(self, split: str, query_ids: list[str], video_ids: list[str], texts: list[str],
+                   moments: np.ndarray, arrays: dict[str, tuple[int, ...]]) -> TextWriter:
+        group = self.root.require_group("text").create_group(split, overwrite=True)
+        group.attrs.update({"query_ids": query_ids, "video_ids": video_ids, "texts": texts, "committed": None})
+        group.create_array("moment", data=np.asarray(moments, dtype=np.float32).reshape(len(query_ids), 2))
+        return TextWriter(group, len(query_ids), arrays)
+
+    def text(self, split: str) -> TextSplit:
+        if self.text_status(split, None) != "committed":
+            raise StoreError(f"text of split {split!r} is not committed in {self.location}")
+        group = self.root["text"][split]
+        attrs = group.attrs
+        return TextSplit(list(attrs["query_ids"]), list(attrs["video_ids"]), list(attrs["texts"]),
+                         group["moment"][...], group)
+
+    def text_splits(self) -> list[str]:
+        return sorted(self.root["text"].group_keys()) if "text" in self.root else []
+
+    def invalidate_consolidated(self) -> None:
+        """Drop the root's consolidated snapshot before writing, so no reader sees stale metadata."""
+        self.root.attrs.update({"modified_at": _now()})
+
+    # ---- finishing ----------------------------------------------------------
+    def consolidate(self) -> None:
+        """Snapshot all metadata in the root (one read for remote readers); call after a stage finished."""
+        zarr.consolidate_metadata(self.root.store)
+
+
+class TextWriter:
+    """Writes a split's text arrays batch by batch; `commit` marks it complete."""
+
+    def __init__(self, group: zarr.Group, n_queries: int, arrays: dict[str, tuple[int, ...]]):
+        self._group = group
+        for name, tail in arrays.items():
+            dtype = "int32" if name.startswith("token_lengths.") else "float16"
+            row_bytes = int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize
+            group.create_array(name, shape=(n_queries, *tail), chunks=(min(max(1, n_queries), _rows_per_chunk(row_bytes)), *tail),
+                               dtype=dtype, compressors=_COMPRESSORS, fill_value=0)
+
+    def write(self, name: str, start: int, values: np.ndarray) -> None:
+        arr = self._group[name]
+        arr[start:start + len(values)] = values.astype(arr.dtype)
+
+    def commit(self, fingerprint: str) -> None:
+        self._group.attrs.update({"fingerprint": fingerprint})
+        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}})
