@@ -101,6 +101,15 @@ class TextSplit:
         return _read(self.group, f"tokens.{model}"), _read(self.group, f"token_lengths.{model}")
 
 
+def _list_dir(store, prefix: str) -> list[str]:
+    from zarr.core.sync import sync
+
+    async def collect() -> list[str]:
+        return [name async for name in store.list_dir(prefix)]
+
+    return sync(collect())
+
+
 def _read(group, name: str) -> np.ndarray:
     if name not in group:
         raise StoreError(f"{group.path}: no array {name!r}; present: {sorted(group.array_keys())}")
@@ -182,20 +191,20 @@ class FeatureStore:
         return self.root["videos"] if "videos" in self.root else None
 
     def shard_indices(self) -> list[int]:
-        videos = self._videos()
-        if videos is None:
-            return []
-        return sorted(int(k.split("-")[1]) for k in videos.group_keys() if k.startswith("shard-"))
+        # List names from the store itself: parsing each child's metadata would fail on a torn one.
+        names = _list_dir(self.root.store, "videos")
+        return sorted(int(k.split("-")[1]) for k in names if k.startswith("shard-") and k[6:].isdigit())
 
     def _shard_attrs(self, index: int) -> dict[str, Any] | None:
         videos = self._videos()
-        name = shard_name(index)
-        if videos is None or name not in videos:
+        if videos is None:
             return None
         try:
-            return dict(videos[name].attrs)
+            return dict(videos[shard_name(index)].attrs)
+        except KeyError:
+            return None
         except Exception as e:  # a torn zarr.json from a killed writer reads as "not committed"
-            return {"_unreadable": str(e)}
+            return {"_unreadable": f"{type(e).__name__}: {e}"}
 
     def begin_shard(self, index: int, feature_dims: dict[str, int]) -> ShardWriter:
         """Start (or restart) a shard: any earlier partial or stale content is removed."""

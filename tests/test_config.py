@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from configs.schema import ConfigError, RunConfig, load_config, parse_override
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """
+name: t
+dataset: {root: data}
+store: data/features.zarr
+extract:
+  shard_size: 4
+  teacher: {model: prvr-tiny, pretrained: null}
+"""
+
+
+def test_defaults_and_relative_paths_anchor_to_the_config_file(tmp_path):
+    cfg = load_config(write(tmp_path, BASE))
+    assert cfg.extract.fps == 1.0 and cfg.extract.max_frames == 128
+    assert cfg.extract.visual == ["clip"] and cfg.extract.device == "auto" and cfg.extract.strict is False
+    assert cfg.dataset.root == (tmp_path / "data").resolve()
+    assert cfg.store == str((tmp_path / "data/features.zarr").resolve())
+    assert len(cfg.extract.teacher) == 1 and cfg.extract.teacher[0].pretrained is None
+
+
+def test_teacher_list_and_keys(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["extract.teacher=[{model: prvr-tiny}, {model: ViT-B-32, pretrained: openai}]"])
+    assert [t.key for t in cfg.extract.teacher] == ["prvr-tiny-random", "vit-b-32-openai"]
+
+
+def test_overrides_are_typed(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["extract.fps=2", "extract.strict=true", "store=memory://x"])
+    assert cfg.extract.fps == 2.0 and cfg.extract.strict is True and cfg.store == "memory://x"
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("extract.fps=0", "extract.fps"),
+        ("extract.shard_size=-1", "extract.shard_size"),
+        ("extract.device=tpu", "extract.device"),
+        ("extract.visual=[nope]", "unknown visual feature"),
+        ("extract.fsp=2", "extract.fsp"),  # a typo is an error, not ignored
+        ("extract.teacher=[{model: a}, {model: a}]", "repeat"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, BASE), [override])
+    assert needle in str(e.value)
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "name: t\nextract: {fps: -1, max_frames: 0}\n"))
+    msg = str(e.value)
+    for key in ("dataset", "store", "extract.fps", "extract.max_frames"):
+        assert key in msg
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "name: [unclosed"))
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("extract.fps")
+
+
+def test_schema_is_json_schema_for_the_prefect_form():
+    schema = RunConfig.model_json_schema()
+    assert "extract" in schema["properties"]
