@@ -1,0 +1,797 @@
+"""Decode time-sampled frames of untrimmed videos.
+
+decord is the fast path (seeks by key frame, resizes inside its filter graph). Its
+bundled FFmpeg 4.1 cannot decode some streams (AV1 has no decoder there), so when
+decord cannot open or read a video we decode the same frame indices with the system
+ffmpeg instead. Some decord failures never return (a loop holding the GIL), so
+batch decoding runs in worker processes that are killed when they overrun a timeout
+(see ``DecodePool``).
+
+Frame indices are the contract between the two backends: a sample is "frame i of the
+stream in presentation order", and ``SamplePlan`` turns a sampling rate into such
+indices from the stream's frame count and average frame rate alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import decord
+import ffmpeg
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["auto", "decord", "ffmpeg"]
+
+# Drill hook: a worker whose request path contains this variable's value sleeps
+# forever, so the timeout/kill path can be exercised without a real decord hang.
+HANG_DRILL_ENV = "PRVR_DECODE_HANG"
+
+# Guards floor() against binary rounding (e.g. 6.999999999 for an exact 7).
+_FLOOR_EPS = 1e-6
+# Container frame counts may overstate what decodes by a frame or two; samples that
+# fall this close to the end reuse the last decoded frame instead of failing the video.
+_TAIL_SLACK_S = 0.5
+# At most this many terms in the ffmpeg `select` expression; nearby runs of wanted
+# frames are merged (the extra frames are decoded and dropped in Python).
+_MAX_SELECT_TERMS = 256
+# A fresh worker must import numpy/decord; a generous bound, independent of timeout_s.
+_WORKER_BOOT_TIMEOUT_S = 120.0
+
+
+class DecodeError(Exception):
+    """A video that cannot be decoded; the message says why in user terms."""
+
+
+class _BackendFailure(Exception):
+    """One backend could not decode the video; the other may still succeed."""
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: numpy fields make generated __eq__ ambiguous
+class SamplePlan:
+    times: np.ndarray  # (T,) float32 seconds of the decoded samples (= index / avg_fps)
+    indices: np.ndarray  # (T,) int64 centre frame index of each sample
+    windows: np.ndarray | None  # (T, window) int64 clip frame indices, or None
+
+    def needed_indices(self) -> np.ndarray:
+        """Sorted unique frame indices the plan needs (samples and windows)."""
+        if self.windows is None:
+            return np.unique(self.indices)
+        return np.unique(np.concatenate([self.indices, self.windows.ravel()]))
+
+
+def plan_samples(
+    num_frames: int,
+    avg_fps: float,
+    fps: float,
+    max_frames: int,
+    window: int | None = None,
+    stride: int = 1,
+) -> SamplePlan:
+    """Sample at `fps` per second: n = max(1, floor(duration*fps)) samples at times
+    (k+0.5)/fps, duration = num_frames/avg_fps. If n > max_frames, resample uniformly
+    to max_frames times (j+0.5)*duration/max_frames. Frame index =
+    min(floor(t*avg_fps), num_frames-1). Window: `window` frames spaced `stride` apart,
+    centred on the sample's index (for even window, offsets -w/2*stride ..
+    (w/2-1)*stride), clipped to [0, num_frames-1]."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if not (math.isfinite(avg_fps) and avg_fps > 0):
+        raise ValueError(f"avg_fps must be a positive number, got {avg_fps}")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+
+    duration = num_frames / avg_fps
+    count = max(1, math.floor(duration * fps + _FLOOR_EPS))
+    if count <= max_frames:
+        sample_times = (np.arange(count, dtype=np.float64) + 0.5) / fps
+    else:
+        sample_times = (np.arange(max_frames, dtype=np.float64) + 0.5) * (duration / max_frames)
+    indices = np.minimum(np.floor(sample_times * avg_fps + _FLOOR_EPS), num_frames - 1).astype(np.int64)
+    times = (indices / avg_fps).astype(np.float32)
+
+    windows = None
+    if window is not None:
+        offsets = (np.arange(window, dtype=np.int64) - window // 2) * stride
+        windows = np.clip(indices[:, None] + offsets[None, :], 0, num_frames - 1)
+    return SamplePlan(times=times, indices=indices, windows=windows)
+
+
+# ------------------------------------------------------------------ decoded video
+
+
+@dataclass
+class DecodedVideo:
+    frames: np.ndarray  # (N, H, W, 3) uint8 RGB for the sorted unique indices the plan needs
+    frame_indices: np.ndarray  # (N,) int64 sorted unique, matching `frames`
+    plan: SamplePlan
+    duration: float  # seconds
+    avg_fps: float
+    backend: str  # "decord" or "ffmpeg"
+
+    def __post_init__(self) -> None:
+        if len(self.frames) != len(self.frame_indices):
+            raise ValueError(f"{len(self.frames)} frames for {len(self.frame_indices)} indices")
+
+    def _rows(self, wanted: np.ndarray) -> np.ndarray:
+        rows = np.searchsorted(self.frame_indices, wanted)
+        if np.any(rows >= len(self.frame_indices)) or np.any(self.frame_indices[np.minimum(rows, len(self.frame_indices) - 1)] != wanted):
+            raise ValueError("plan needs frames that were not decoded")
+        return rows
+
+    def samples(self) -> np.ndarray:
+        """(T, H, W, 3) centre frame of each sample, in plan order."""
+        return self.frames[self._rows(self.plan.indices)]
+
+    def clips(self) -> np.ndarray:
+        """(T, window, H, W, 3) the frames of each sample's window."""
+        if self.plan.windows is None:
+            raise ValueError("this video was decoded without windows (window=None)")
+        return self.frames[self._rows(self.plan.windows)]
+
+
+def output_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) with the short side scaled to `short_side`, aspect kept."""
+    if short_side is None:
+        return height, width
+    if height <= width:
+        return short_side, max(1, math.floor(width * short_side / height + 0.5))
+    return max(1, math.floor(height * short_side / width + 0.5)), short_side
+
+
+# ------------------------------------------------------------------------ decoding
+
+
+def decode_video(
+    path: str | Path,
+    fps: float,
+    max_frames: int,
+    short_side: int | None = 224,
+    window: int | None = None,
+    stride: int = 1,
+    *,
+    backend: Backend = "auto",
+) -> DecodedVideo:
+    """Decode the frames of `plan_samples` for one video, in this process.
+
+    decord first (cpu, num_threads=1: several VP9 files fail with decord's default
+    threading), resized while decoding so the short side is `short_side` (None keeps
+    the native size). If decord cannot open or read the video, the system ffmpeg
+    decodes the same frame indices at the same output size. `backend` forces one
+    backend (for comparisons and debugging). Raises DecodeError for a video that
+    neither backend can decode (missing, empty, not a video, truncated, no video
+    stream). No timeout here: use DecodePool for untrusted files.
+    """
+    path = Path(path)
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"short_side must be >= 1 or None, got {short_side}")
+    _check_file(path)
+    if backend == "ffmpeg":
+        return _decode_with_ffmpeg(path, fps, max_frames, short_side, window, stride)
+    try:
+        return _decode_with_decord(path, fps, max_frames, short_side, window, stride)
+    except _BackendFailure as decord_failure:
+        if backend == "decord":
+            raise DecodeError(f"{path}: decord cannot decode it: {decord_failure}") from None
+        log.info("decord cannot decode %s (%s); falling back to ffmpeg", path, decord_failure)
+        return _decode_with_ffmpeg(path, fps, max_frames, short_side, window, stride)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DecodeError(f"{path}: file not found")
+    if not path.is_file():
+        raise DecodeError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: file is empty (0 bytes)")
+
+
+def _one_line(message: str, limit: int = 300) -> str:
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else "no details"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_numpy(array: Any) -> np.ndarray:
+    # decord returns its own NDArray, or a torch/other tensor if someone set a bridge.
+    return array.asnumpy() if hasattr(array, "asnumpy") else np.asarray(array)
+
+
+def _decode_with_decord(
+    path: Path, fps: float, max_frames: int, short_side: int | None, window: int | None, stride: int
+) -> DecodedVideo:
+    try:
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+        num_frames = len(reader)
+        avg_fps = float(reader.get_avg_fps())
+        if num_frames < 1 or not (math.isfinite(avg_fps) and avg_fps > 0):
+            raise _BackendFailure(f"reports {num_frames} frames at {avg_fps} fps")
+        # Frame 0 gives the displayed size (decord applies rotation metadata).
+        native_height, native_width = _as_numpy(reader[0]).shape[:2]
+        height, width = output_size(native_height, native_width, short_side)
+        if (height, width) != (native_height, native_width):
+            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, width=width, height=height)
+        plan = plan_samples(num_frames, avg_fps, fps, max_frames, window, stride)
+        wanted = plan.needed_indices()
+        frames = _as_numpy(reader.get_batch(wanted.tolist()))
+    except _BackendFailure:
+        raise
+    except Exception as error:  # decord raises DECORDError, RuntimeError, IndexError...
+        raise _BackendFailure(_one_line(str(error))) from error
+    if frames.shape != (len(wanted), height, width, 3) or frames.dtype != np.uint8:
+        raise _BackendFailure(f"returned frames of shape {frames.shape} {frames.dtype}")
+    return DecodedVideo(
+        frames=np.ascontiguousarray(frames),
+        frame_indices=wanted,
+        plan=plan,
+        duration=num_frames / avg_fps,
+        avg_fps=avg_fps,
+        backend="decord",
+    )
+
+
+# ---------------------------------------------------------------- ffmpeg fallback
+
+
+@dataclass(frozen=True)
+class _VideoStream:
+    index: int  # stream index in the container
+    num_frames: int
+    avg_fps: float
+    height: int  # as displayed, after rotation metadata
+    width: int
+
+
+def _probe(path: Path) -> dict[str, Any]:
+    try:
+        return ffmpeg.probe(str(path))
+    except FileNotFoundError:
+        raise RuntimeError("ffprobe is not installed (needed to decode videos decord cannot read)") from None
+    except ffmpeg.Error as error:
+        stderr = error.stderr.decode("utf-8", "replace")
+        if "moov atom not found" in stderr:
+            raise DecodeError(f"{path}: truncated or incomplete MP4 (its index, the moov atom, is missing)") from None
+        if "Invalid data found when processing input" in stderr:
+            raise DecodeError(f"{path}: not a video file (ffprobe: invalid data)") from None
+        raise DecodeError(f"{path}: unreadable media file (ffprobe: {_one_line(stderr)})") from None
+
+
+def _rate(text: str | None) -> float:
+    try:
+        value = Fraction(text) if text else Fraction(0)
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return float(value)
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    for side_data in stream.get("side_data_list", []):
+        if "rotation" in side_data:
+            return int(side_data["rotation"])
+    return int(stream.get("tags", {}).get("rotate", 0) or 0)
+
+
+def _video_stream(path: Path) -> _VideoStream:
+    info = _probe(path)
+    streams = info.get("streams", [])
+    videos = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
+    if not videos:
+        kinds = sorted({s.get("codec_type", "unknown") for s in streams})
+        found = ", ".join(kinds) if kinds else "no streams at all"
+        raise DecodeError(f"{path}: no video stream (found: {found})")
+    stream = videos[0]
+    avg_fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
+    if avg_fps <= 0:
+        raise DecodeError(f"{path}: video stream has no frame rate")
+    num_frames = int(stream.get("nb_frames") or 0)
+    if num_frames < 1:
+        # Matroska/WebM do not store a frame count; counting packets only demuxes.
+        counted = ffmpeg.probe(str(path), count_packets=None, select_streams=str(stream["index"]))
+        num_frames = int(counted["streams"][0].get("nb_read_packets") or 0)
+    if num_frames < 1:
+        duration = float(stream.get("duration") or info.get("format", {}).get("duration") or 0)
+        num_frames = math.floor(duration * avg_fps + 0.5)
+    if num_frames < 1:
+        raise DecodeError(f"{path}: video stream has no frames")
+    height, width = int(stream["height"]), int(stream["width"])
+    if _rotation(stream) % 180 != 0:
+        height, width = width, height
+    return _VideoStream(stream["index"], num_frames, avg_fps, height, width)
+
+
+def _select_runs(wanted: np.ndarray, max_terms: int = _MAX_SELECT_TERMS) -> list[tuple[int, int]]:
+    """Inclusive runs of frame indices covering `wanted`, at most `max_terms` of them."""
+    breaks = np.flatnonzero(np.diff(wanted) > 1)
+    starts = np.concatenate([wanted[:1], wanted[breaks + 1]])
+    ends = np.concatenate([wanted[breaks], wanted[-1:]])
+    if len(starts) > max_terms:
+        gaps = starts[1:] - ends[:-1]
+        threshold = np.sort(gaps)[len(starts) - max_terms - 1]
+        keep_break = gaps > threshold  # merge across the smallest gaps
+        starts = np.concatenate([starts[:1], starts[1:][keep_break]])
+        ends = np.concatenate([ends[:-1][keep_break], ends[-1:]])
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def _read_exactly(pipe: Any, buffer: memoryview) -> bool:
+    filled = 0
+    while filled < len(buffer):
+        count = pipe.readinto(buffer[filled:])
+        if not count:
+            return False
+        filled += count
+    return True
+
+
+def _ffmpeg_frames(path: Path, stream_index: int, wanted: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, str]:
+    """Decode `wanted` frame indices; returns (frames, how many decoded, ffmpeg's errors)."""
+    runs = _select_runs(wanted)
+    expression = "+".join(f"between(n,{start},{end})" for start, end in runs)
+    covered = sum(end - start + 1 for start, end in runs)
+    stream = (
+        ffmpeg.input(str(path), threads=1)[str(stream_index)]
+        .filter("select", expression)
+        # bilinear is what decord's scale uses: measured bit-identical frames to decord.
+        .filter("scale", width, height, flags="bilinear")
+        # passthrough: rawvideo would otherwise duplicate frames to a constant rate.
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", vsync="passthrough", **{"frames:v": covered})
+    )
+    args = ffmpeg.compile(stream, cmd=["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"])
+    frames = np.empty((len(wanted), height, width, 3), dtype=np.uint8)
+    scratch = np.empty((height, width, 3), dtype=np.uint8)
+    decoded = 0
+    # stderr to a file: a chatty corrupt file cannot fill a pipe and stall us.
+    with tempfile.TemporaryFile() as errors:
+        try:
+            process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        except FileNotFoundError:
+            raise RuntimeError("ffmpeg is not installed (needed to decode videos decord cannot read)") from None
+        try:
+            covered_indices = (index for start, end in runs for index in range(start, end + 1))
+            for index in covered_indices:
+                if decoded < len(wanted) and index == wanted[decoded]:
+                    target = frames[decoded]
+                else:
+                    target = scratch
+                if not _read_exactly(process.stdout, memoryview(target).cast("B")):
+                    break
+                if target is not scratch:
+                    decoded += 1
+        finally:
+            process.stdout.close()
+            process.wait()
+        errors.seek(0)
+        stderr = errors.read().decode("utf-8", "replace")
+    return frames, decoded, stderr
+
+
+def _decode_with_ffmpeg(
+    path: Path, fps: float, max_frames: int, short_side: int | None, window: int | None, stride: int
+) -> DecodedVideo:
+    stream = _video_stream(path)
+    height, width = output_size(stream.height, stream.width, short_side)
+    plan = plan_samples(stream.num_frames, stream.avg_fps, fps, max_frames, window, stride)
+    wanted = plan.needed_indices()
+    frames, decoded, stderr = _ffmpeg_frames(path, stream.index, wanted, height, width)
+    if decoded == 0:
+        detail = _one_line(stderr) if stderr.strip() else "no frames came out"
+        raise DecodeError(f"{path}: no decodable video frames (ffmpeg: {detail})")
+    if decoded < len(wanted):
+        first_missing = int(wanted[decoded])
+        slack = math.ceil(_TAIL_SLACK_S * stream.avg_fps)
+        if first_missing < stream.num_frames - slack:
+            raise DecodeError(
+                f"{path}: truncated or corrupt: decoding stopped at frame {first_missing} "
+                f"({first_missing / stream.avg_fps:.1f}s) of {stream.num_frames} "
+                f"({stream.num_frames / stream.avg_fps:.1f}s)"
+            )
+        log.info("%s: last %d needed frames do not decode; reusing frame %d", path, len(wanted) - decoded, wanted[decoded - 1])
+        frames[decoded:] = frames[decoded - 1]
+    return DecodedVideo(
+        frames=frames,
+        frame_indices=wanted,
+        plan=plan,
+        duration=stream.num_frames / stream.avg_fps,
+        avg_fps=stream.avg_fps,
+        backend="ffmpeg",
+    )
+
+
+# --------------------------------------------------------------------------- pool
+
+
+@dataclass
+class DecodeRequest:
+    key: str  # e.g. video_id
+    path: str
+    fps: float
+    max_frames: int
+    short_side: int | None
+    window: int | None
+    stride: int
+
+
+@dataclass
+class DecodeFailure:
+    key: str
+    error: str  # one-line human message
+
+
+def _hang_if_drilled(path: str) -> None:
+    """Drill hook (see HANG_DRILL_ENV): simulate a decoder that never returns."""
+    marker = os.environ.get(HANG_DRILL_ENV)
+    if marker and marker in path:
+        while True:
+            time.sleep(3600)
+
+
+def _decode_request(request: DecodeRequest) -> DecodedVideo | DecodeFailure:
+    try:
+        return decode_video(
+            request.path, request.fps, request.max_frames, request.short_side, request.window, request.stride
+        )
+    except DecodeError as error:
+        return DecodeFailure(request.key, str(error))
+    except Exception as error:  # a worker must survive any one video
+        return DecodeFailure(request.key, f"{request.path}: unexpected {type(error).__name__}: {_one_line(str(error))}")
+
+
+def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+    """Worker process: decode requests one at a time until told to stop."""
+    try:
+        # Own process group, so a kill also takes any ffmpeg child with it.
+        os.setpgrp()
+    except OSError:
+        pass
+    decord.logging.set_level(decord.logging.QUIET)  # bad files would flood stderr
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return  # parent is gone
+        if request is None:
+            return
+        _hang_if_drilled(request.path)
+        result = _decode_request(request)
+        try:
+            conn.send(("result", result))
+        except (BrokenPipeError, OSError):
+            return
+
+
+_END: Any = object()  # end-of-requests marker
+
+
+class _Job:
+    """One imap call: its results, keyed by submission order."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, tuple[DecodeRequest, DecodedVideo | DecodeFailure]] = {}
+        self.cancelled = False
+        self.error: BaseException | None = None
+
+
+@dataclass
+class _Worker:
+    process: Any  # multiprocessing SpawnProcess
+    conn: multiprocessing.connection.Connection
+    deadline: float  # monotonic; boot deadline until ready, then the task's
+    ready: bool = False
+    task: tuple[_Job, int, DecodeRequest] | None = None
+
+
+def _exit_description(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+class DecodePool:
+    """`workers` spawned processes, each decoding one request at a time.
+
+    A request that runs past `timeout_s` has its worker killed (with its process
+    group, so ffmpeg children die too) and replaced; it yields DecodeFailure('...
+    timed out after Ns'). A worker that dies (segfault) yields DecodeFailure for its
+    request and is replaced. A dispatcher thread feeds the workers, so decoding
+    continues while the consumer works on earlier results. Reusable across imap
+    calls, also concurrent ones from several threads; closed by close(), the context
+    manager, or at interpreter exit.
+
+    Uses the 'spawn' start method: scripts that create a pool need the usual
+    ``if __name__ == "__main__":`` guard.
+    """
+
+    def __init__(self, workers: int = 2, timeout_s: float = 300.0) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.workers = workers
+        self.timeout_s = float(timeout_s)
+        self._context = multiprocessing.get_context("spawn")
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[_Job, int, DecodeRequest]] = deque()  # guarded by _cond
+        self._jobs: set[_Job] = set()  # guarded by _cond
+        self._closing = False
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._wake_reader, self._wake_writer = self._context.Pipe(duplex=False)
+        self._wake_lock = threading.Lock()
+        self._pool: list[_Worker] = [self._start_worker() for _ in range(workers)]  # dispatcher-owned
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name="prvr-decode-dispatch", daemon=True)
+        self._dispatcher.start()
+        atexit.register(self.close)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- consumer side
+
+    def imap(
+        self, requests: Iterable[DecodeRequest], prefetch: int = 4
+    ) -> Iterator[tuple[DecodeRequest, DecodedVideo | DecodeFailure]]:
+        """Yield (request, result) in request order, with at most `prefetch` requests
+        submitted but not yet yielded (so at most that many decoded results wait in
+        memory). Decoding of later requests overlaps the consumer's work."""
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        if self._closed or self._closing:
+            raise RuntimeError("DecodePool is closed")
+        return self._ordered_results(iter(requests), prefetch)
+
+    def _ordered_results(
+        self, requests: Iterator[DecodeRequest], prefetch: int
+    ) -> Iterator[tuple[DecodeRequest, DecodedVideo | DecodeFailure]]:
+        job = _Job()
+        with self._cond:
+            self._jobs.add(job)
+        submitted = 0
+        next_seq = 0
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and submitted - next_seq < prefetch:
+                    request = next(requests, _END)
+                    if request is _END:
+                        exhausted = True
+                    else:
+                        self._submit(job, submitted, request)
+                        submitted += 1
+                if next_seq == submitted:
+                    return
+                request, result = self._take(job, next_seq)
+                next_seq += 1
+                # Refill before handing the result out, so the next decode overlaps.
+                if not exhausted:
+                    request_next = next(requests, _END)
+                    if request_next is _END:
+                        exhausted = True
+                    else:
+                        self._submit(job, submitted, request_next)
+                        submitted += 1
+                yield request, result
+        finally:
+            with self._cond:
+                job.cancelled = True
+                self._jobs.discard(job)
+                self._pending = deque(item for item in self._pending if item[0] is not job)
+            self._wake()
+
+    def _submit(self, job: _Job, seq: int, request: DecodeRequest) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("DecodePool is closed")
+            self._pending.append((job, seq, request))
+        self._wake()
+
+    def _take(self, job: _Job, seq: int) -> tuple[DecodeRequest, DecodedVideo | DecodeFailure]:
+        with self._cond:
+            while seq not in job.results:
+                if job.error is not None:
+                    raise RuntimeError("decode pool stopped") from job.error
+                if self._failure is not None:
+                    raise RuntimeError("decode pool dispatcher failed") from self._failure
+                if self._closing:
+                    raise RuntimeError("DecodePool was closed while results were pending")
+                self._cond.wait(timeout=1.0)
+            return job.results.pop(seq)
+
+    def _wake(self) -> None:
+        with self._wake_lock:
+            if not self._wake_writer.closed:
+                self._wake_writer.send_bytes(b"")
+
+    # ---- dispatcher side (runs in the dispatcher thread; owns self._pool)
+
+    def _start_worker(self) -> _Worker:
+        parent_end, child_end = self._context.Pipe(duplex=True)
+        process = self._context.Process(target=_worker_main, args=(child_end,), name="prvr-decode-worker", daemon=True)
+        process.start()
+        child_end.close()
+        return _Worker(process=process, conn=parent_end, deadline=time.monotonic() + _WORKER_BOOT_TIMEOUT_S)
+
+    def _dispatch_loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if self._closing:
+                        return
+                    self._assign_locked()
+                waitables: list[Any] = [self._wake_reader]
+                for worker in self._pool:
+                    waitables += [worker.conn, worker.process.sentinel]
+                timeout = max(0.0, min(w.deadline for w in self._pool) - time.monotonic())
+                ready = multiprocessing.connection.wait(waitables, timeout=min(timeout, 3600.0))
+                while self._wake_reader.poll():
+                    self._wake_reader.recv_bytes()
+                for position, worker in enumerate(self._pool):
+                    if worker.conn in ready or worker.process.sentinel in ready:
+                        self._pool[position] = self._collect(worker)
+                now = time.monotonic()
+                for position, worker in enumerate(self._pool):
+                    if worker.deadline <= now:
+                        self._pool[position] = self._expire(worker)
+        except BaseException as error:
+            log.exception("decode pool dispatcher failed")
+            with self._cond:
+                self._failure = error
+                self._cond.notify_all()
+
+    def _assign_locked(self) -> None:
+        for worker in self._pool:
+            if not self._pending:
+                return
+            if worker.ready and worker.task is None:
+                job, seq, request = self._pending.popleft()
+                worker.task = (job, seq, request)
+                worker.deadline = time.monotonic() + self.timeout_s
+                try:
+                    worker.conn.send(request)
+                except OSError:
+                    pass  # it just died; its sentinel reports that with this task
+
+    def _deliver(self, job: _Job, seq: int, request: DecodeRequest, result: DecodedVideo | DecodeFailure) -> None:
+        with self._cond:
+            if not job.cancelled:  # an abandoned imap's late results are dropped
+                job.results[seq] = (request, result)
+                self._cond.notify_all()
+
+    def _collect(self, worker: _Worker) -> _Worker:
+        """Read a worker's message, or replace it if it died."""
+        try:
+            message = worker.conn.recv() if worker.conn.poll() else None
+        except (EOFError, OSError):
+            message = None
+        if message is not None:
+            kind, payload = message
+            if kind == "ready":
+                worker.ready = True
+                worker.deadline = math.inf
+            elif worker.task is not None:
+                job, seq, request = worker.task
+                worker.task = None
+                worker.deadline = math.inf
+                self._deliver(job, seq, request, payload)
+            if worker.process.is_alive():
+                return worker
+        worker.process.join(timeout=5)
+        if worker.process.is_alive():  # closed its pipe yet lives on: unusable
+            self._kill(worker)
+        cause = _exit_description(worker.process.exitcode)
+        if not worker.ready:
+            raise RuntimeError(f"decode worker failed to start ({cause})")
+        if worker.task is not None:
+            job, seq, request = worker.task
+            log.warning("decode worker died on %s (%s); replacing it", request.path, cause)
+            self._deliver(job, seq, request, DecodeFailure(request.key, f"{request.path}: decoder process died ({cause})"))
+        worker.conn.close()
+        return self._start_worker()
+
+    def _expire(self, worker: _Worker) -> _Worker:
+        if not worker.ready:
+            self._kill(worker)
+            raise RuntimeError(f"decode worker did not start within {_WORKER_BOOT_TIMEOUT_S:g}s")
+        self._kill(worker)
+        if worker.task is not None:
+            job, seq, request = worker.task
+            log.warning("decoding %s timed out after %gs; killed its worker", request.path, self.timeout_s)
+            failure = DecodeFailure(request.key, f"{request.path}: decoding timed out after {self.timeout_s:g}s")
+            self._deliver(job, seq, request, failure)
+        return self._start_worker()
+
+    @staticmethod
+    def _kill(worker: _Worker) -> None:
+        try:
+            os.killpg(worker.process.pid, signal.SIGKILL)  # the worker leads its own group
+        except (ProcessLookupError, PermissionError):
+            pass  # not yet its own group leader, or already gone
+        worker.process.kill()
+        worker.process.join(timeout=5)
+        worker.conn.close()
+
+    # ---- shutdown
+
+    def close(self) -> None:
+        """Stop the workers (idle ones politely, busy ones by kill). Idempotent."""
+        if self._closed:
+            return
+        with self._cond:
+            self._closing = True
+            for job in self._jobs:
+                job.error = RuntimeError("DecodePool closed")
+            self._cond.notify_all()
+        self._wake()
+        if self._dispatcher.is_alive() and self._dispatcher is not threading.current_thread():
+            self._dispatcher.join(timeout=30)
+        for worker in self._pool:
+            if worker.ready and worker.task is None and worker.process.is_alive():
+                try:
+                    worker.conn.send(None)
+                except OSError:
+                    pass
+        for worker in self._pool:
+            worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                self._kill(worker)
+            else:
+                worker.conn.close()
+        with self._wake_lock:
+            self._wake_writer.close()
+        self._wake_reader.close()
+        self._closed = True
+        atexit.unregister(self.close)
+
+
+_shared_pool: DecodePool | None = None
+_shared_pool_lock = threading.Lock()
+
+
+def get_decode_pool(workers: int, timeout_s: float) -> DecodePool:
+    """Process-wide pool reused across shards and tasks, so worker processes (and what
+    they load) start once; recreated only if the settings differ."""
+    global _shared_pool
+    with _shared_pool_lock:
+        pool = _shared_pool
+        if pool is not None and not pool.closed and pool.workers == workers and pool.timeout_s == float(timeout_s):
+            return pool
+        if pool is not None:
+            pool.close()
+        _shared_pool = DecodePool(workers=workers, timeout_s=timeout_s)
+        return _shared_pool
