@@ -243,8 +243,8 @@ class ClipEncoder:
                 model_cfg = open_clip.get_model_config(model) or {}
                 if tag_cfg.get("quick_gelu", False) and not model_cfg.get("quick_gelu", False):
                     create_kwargs["force_quick_gelu"] = True  # the weights were trained with QuickGELU
-            elif Path(pretrained).is_file():
-                self._checkpoint_path = Path(pretrained).resolve()
+            elif Path(pretrained).expanduser().is_file():
+                self._checkpoint_path = Path(pretrained).expanduser().resolve()
             else:
                 tags = open_clip.list_pretrained_tags_by_model(model)
                 raise ValueError(

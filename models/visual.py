@@ -101,13 +101,7 @@ class VideoBackbone:
         self.resize_short: int = int(min(preset.resize_size))
         self._mean = tuple(float(m) for m in preset.mean)
         self._std = tuple(float(s) for s in preset.std)
-        self.dim: int = int(spec.dim) if spec.dim is not None else self._probe_dim()
-
-    def _probe_dim(self) -> int:
-        import torch
-
-        clip = torch.zeros(1, max(self.min_frames, 1), self.input_size, self.input_size, 3, dtype=torch.uint8)
-        return int(self.encode_clips(clip).shape[-1])
+        self.dim: int = int(spec.dim)  # every video entry of VISUAL_FEATURES states its dim
 
     def identity(self) -> dict[str, Any]:
         identity: dict[str, Any] = {"backbone": self.name, "weights": self.weights, "input_size": self.input_size}
@@ -148,7 +142,7 @@ class VideoBackbone:
                 f"{self.name} needs clips of at least {self.min_frames} frames, got {tensor.shape[1]}"
             )
         if tensor.shape[0] == 0:
-            return torch.empty(0, getattr(self, "dim", 0))
+            return torch.empty(0, self.dim)
         with torch.inference_mode(), autocast_context(self.device):
             features = self.model(self.preprocess(tensor))
         return features.float().flatten(1).cpu()
