@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -40,9 +41,11 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "decord", "ffmpeg"]
 
-# Drill hook: a worker whose request path contains this variable's value sleeps
-# forever, so the timeout/kill path can be exercised without a real decord hang.
+# Drill hooks, read by pool workers only: a request whose path contains the value of
+# PRVR_DECODE_HANG sleeps forever (exercises the timeout kill without a real decord
+# hang); one whose path contains PRVR_DECODE_CRASH kills its worker with SIGSEGV.
 HANG_DRILL_ENV = "PRVR_DECODE_HANG"
+CRASH_DRILL_ENV = "PRVR_DECODE_CRASH"
 
 # Guards floor() against binary rounding (e.g. 6.999999999 for an exact 7).
 _FLOOR_EPS = 1e-6
@@ -212,9 +215,14 @@ def _check_file(path: Path) -> None:
         raise DecodeError(f"{path}: file is empty (0 bytes)")
 
 
+# decord prefixes its messages with "[hh:mm:ss] /source/file.cc:123: ".
+_DECORD_LOG_PREFIX = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+
 def _one_line(message: str, limit: int = 300) -> str:
+    """The last non-empty line of a tool's message, without decord's log prefix."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else "no details"
+    text = _DECORD_LOG_PREFIX.sub("", lines[-1]) if lines else "no details"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -268,6 +276,22 @@ class _VideoStream:
     width: int
 
 
+# Top-level ISO-BMFF (MP4/MOV) box types that can open a real file.
+_MP4_LEADING_BOXES = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"}
+
+
+def _starts_like_mp4(head: bytes) -> bool:
+    return head[4:8] in _MP4_LEADING_BOXES
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(char.isprintable() or char.isspace() for char in text)
+
+
 def _probe(path: Path) -> dict[str, Any]:
     try:
         return ffmpeg.probe(str(path))
@@ -275,11 +299,16 @@ def _probe(path: Path) -> dict[str, Any]:
         raise RuntimeError("ffprobe is not installed (needed to decode videos decord cannot read)") from None
     except ffmpeg.Error as error:
         stderr = error.stderr.decode("utf-8", "replace")
-        if "moov atom not found" in stderr:
-            raise DecodeError(f"{path}: truncated or incomplete MP4 (its index, the moov atom, is missing)") from None
-        if "Invalid data found when processing input" in stderr:
-            raise DecodeError(f"{path}: not a video file (ffprobe: invalid data)") from None
-        raise DecodeError(f"{path}: unreadable media file (ffprobe: {_one_line(stderr)})") from None
+    with path.open("rb") as file:
+        head = file.read(1024)
+    # ffprobe says "moov atom not found" for anything named .mp4; only a file that
+    # starts like an MP4 is really a truncated one.
+    if "moov atom not found" in stderr and _starts_like_mp4(head):
+        raise DecodeError(f"{path}: truncated or incomplete MP4 (its index, the moov atom, is missing)")
+    if _looks_like_text(head):
+        raise DecodeError(f"{path}: a text file, not a video")
+    reason = _one_line(stderr).replace(f"{path}: ", "")
+    raise DecodeError(f"{path}: not a video file, or unreadable (ffprobe: {reason})")
 
 
 def _rate(text: str | None) -> float:
@@ -443,12 +472,15 @@ class DecodeFailure:
     error: str  # one-line human message
 
 
-def _hang_if_drilled(path: str) -> None:
-    """Drill hook (see HANG_DRILL_ENV): simulate a decoder that never returns."""
-    marker = os.environ.get(HANG_DRILL_ENV)
-    if marker and marker in path:
+def _run_drills(path: str) -> None:
+    """Drill hooks (see HANG_DRILL_ENV): simulate a decoder that hangs or crashes."""
+    hang_marker = os.environ.get(HANG_DRILL_ENV)
+    if hang_marker and hang_marker in path:
         while True:
             time.sleep(3600)
+    crash_marker = os.environ.get(CRASH_DRILL_ENV)
+    if crash_marker and crash_marker in path:
+        os.kill(os.getpid(), signal.SIGSEGV)
 
 
 def _decode_request(request: DecodeRequest) -> DecodedVideo | DecodeFailure:
@@ -478,7 +510,7 @@ def _worker_main(conn: multiprocessing.connection.Connection) -> None:
             return  # parent is gone
         if request is None:
             return
-        _hang_if_drilled(request.path)
+        _run_drills(request.path)
         result = _decode_request(request)
         try:
             conn.send(("result", result))
@@ -760,13 +792,17 @@ class DecodePool:
         self._wake()
         if self._dispatcher.is_alive() and self._dispatcher is not threading.current_thread():
             self._dispatcher.join(timeout=30)
+        idle = []
         for worker in self._pool:
             if worker.ready and worker.task is None and worker.process.is_alive():
                 try:
                     worker.conn.send(None)
+                    idle.append(worker)
+                    continue
                 except OSError:
                     pass
-        for worker in self._pool:
+            self._kill(worker)  # busy or booting: its work is no longer wanted
+        for worker in idle:
             worker.process.join(timeout=2)
             if worker.process.is_alive():
                 self._kill(worker)

@@ -1,0 +1,363 @@
+"""Frame sampling and decoding on real videos made by the system ffmpeg, real decord.
+
+Decoded frames are checked for identity, not just shape: the "frame_gray" pattern
+paints frame n in a grey that encodes n (tests/videos.py), and testsrc2 frames next
+to each other differ by a mean of >= 8 grey levels (measured), so a frame off by one
+cannot pass the "same frames" checks below.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.decode import (
+    HANG_DRILL_ENV,
+    CRASH_DRILL_ENV,
+    DecodedVideo,
+    DecodeError,
+    DecodeFailure,
+    DecodePool,
+    DecodeRequest,
+    decode_video,
+    get_decode_pool,
+    output_size,
+    plan_samples,
+)
+from tests.videos import av1_encoder, frame_gray_level, make_broken, make_video
+
+SECONDS = 8
+FPS = 10  # of the test videos: 80 frames each, 160x120
+
+# Decord and the ffmpeg fallback run the same swscale conversion (bilinear scale to
+# rgb24): measured mean abs difference 0.000 on h264/VP9, mkv/mp4/webm, resized or
+# not. The bound leaves room for other FFmpeg builds' decoders and stays far below
+# the >= 8 that a neighbouring frame would give.
+MAX_BACKEND_MEAN_ABS_DIFF = 1.0
+# Grey levels survive lossy coding and colour conversion within 0.5 (measured).
+MAX_GRAY_LEVEL_ERROR = 2.0
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("videos")
+    return {
+        "mp4": make_video(root / "h264.mp4", SECONDS, fps=FPS),
+        "mkv": make_video(root / "h264.mkv", SECONDS, fps=FPS, audio=True),
+        "webm": make_video(root / "vp9.webm", SECONDS, fps=FPS, audio=True),
+        "gray_mp4": make_video(root / "gray.mp4", SECONDS, fps=FPS, pattern="frame_gray"),
+        "gray_webm": make_video(root / "gray.webm", SECONDS, fps=FPS, pattern="frame_gray"),
+        "portrait": make_video(root / "portrait.mp4", 2, fps=FPS, size=(120, 160)),
+    }
+
+
+def gray_levels(frames: np.ndarray) -> np.ndarray:
+    return frames.reshape(len(frames), -1).mean(axis=1)
+
+
+def assert_frames_are(frames: np.ndarray, indices: np.ndarray) -> None:
+    """`frames` of a frame_gray video are the frames numbered `indices`."""
+    expected = np.array([frame_gray_level(int(index)) for index in indices])
+    np.testing.assert_allclose(gray_levels(frames), expected, atol=MAX_GRAY_LEVEL_ERROR)
+
+
+# ------------------------------------------------------------------ plan_samples
+
+
+def test_plan_samples_at_fps_centres_each_interval():
+    plan = plan_samples(num_frames=100, avg_fps=10.0, fps=1.0, max_frames=100)
+    assert plan.indices.tolist() == [5, 15, 25, 35, 45, 55, 65, 75, 85, 95]
+    assert plan.indices.dtype == np.int64 and plan.times.dtype == np.float32
+    np.testing.assert_allclose(plan.times, np.arange(10) + 0.5)
+    assert plan.windows is None
+
+
+def test_plan_samples_resamples_uniformly_above_max_frames():
+    plan = plan_samples(num_frames=100, avg_fps=10.0, fps=2.0, max_frames=8)  # 20 samples wanted
+    # times (j + 0.5) * 10 / 8 = 0.625, 1.875, ...; index = floor(t * 10)
+    assert plan.indices.tolist() == [6, 18, 31, 43, 56, 68, 81, 93]
+    np.testing.assert_allclose(plan.times, plan.indices / 10.0, rtol=1e-6)
+
+
+def test_plan_samples_times_are_those_of_the_decoded_frames():
+    plan = plan_samples(num_frames=90, avg_fps=29.97, fps=1.0, max_frames=64)
+    assert len(plan.indices) == 3  # 90 frames at 29.97 fps last 3.003 s
+    np.testing.assert_allclose(plan.times, plan.indices / 29.97, rtol=1e-6)
+
+
+def test_plan_samples_is_safe_from_float_rounding():
+    # (24 + 0.5) / 3 * 30 is 244.99999999999997 in floating point.
+    assert plan_samples(num_frames=300, avg_fps=30.0, fps=3.0, max_frames=100).indices[24] == 245
+    # 3 / 0.7 * 0.7 is 2.9999999999999996: still three samples.
+    assert len(plan_samples(num_frames=3, avg_fps=0.7, fps=0.7, max_frames=10).indices) == 3
+
+
+def test_plan_samples_windows_centre_and_clip():
+    plan = plan_samples(num_frames=100, avg_fps=10.0, fps=1.0, max_frames=100, window=4, stride=2)
+    assert plan.windows is not None and plan.windows.shape == (10, 4)
+    assert plan.windows[1].tolist() == [11, 13, 15, 17]  # offsets -4, -2, 0, +2 around 15
+    assert plan.windows[0].tolist() == [1, 3, 5, 7]
+    edge = plan_samples(num_frames=12, avg_fps=10.0, fps=1.0, max_frames=10, window=5, stride=3)
+    assert edge.indices.tolist() == [5]
+    assert edge.windows.tolist() == [[0, 2, 5, 8, 11]]  # -1 clipped to 0, 11 is the last frame
+    odd = plan_samples(num_frames=100, avg_fps=10.0, fps=1.0, max_frames=100, window=3)
+    assert odd.windows[-1].tolist() == [94, 95, 96]
+
+
+def test_plan_samples_gives_tiny_videos_one_sample():
+    plan = plan_samples(num_frames=1, avg_fps=30.0, fps=1.0, max_frames=16, window=4)
+    assert plan.indices.tolist() == [0]
+    assert plan.times.tolist() == [0.0]
+    assert plan.windows.tolist() == [[0, 0, 0, 0]]
+    assert plan_samples(num_frames=5, avg_fps=25.0, fps=0.5, max_frames=16).indices.tolist() == [4]
+
+
+def test_plan_samples_faster_than_the_video_repeats_frames():
+    plan = plan_samples(num_frames=10, avg_fps=10.0, fps=25.0, max_frames=100)
+    assert len(plan.indices) == 25
+    assert np.all(np.diff(plan.indices) >= 0)
+    assert plan.needed_indices().tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        dict(num_frames=0, avg_fps=10.0, fps=1.0, max_frames=4),
+        dict(num_frames=10, avg_fps=0.0, fps=1.0, max_frames=4),
+        dict(num_frames=10, avg_fps=float("nan"), fps=1.0, max_frames=4),
+        dict(num_frames=10, avg_fps=10.0, fps=0.0, max_frames=4),
+        dict(num_frames=10, avg_fps=10.0, fps=1.0, max_frames=0),
+        dict(num_frames=10, avg_fps=10.0, fps=1.0, max_frames=4, window=0),
+        dict(num_frames=10, avg_fps=10.0, fps=1.0, max_frames=4, window=2, stride=0),
+    ],
+)
+def test_plan_samples_rejects_nonsense(arguments):
+    with pytest.raises(ValueError):
+        plan_samples(**arguments)
+
+
+def test_output_size_scales_the_short_side():
+    assert output_size(120, 160, 224) == (224, 299)
+    assert output_size(160, 120, 224) == (299, 224)
+    assert output_size(1080, 1920, 224) == (224, 398)
+    assert output_size(120, 160, None) == (120, 160)
+
+
+# ---------------------------------------------------------------------- decoding
+
+
+@pytest.mark.parametrize("name", ["mp4", "mkv", "webm"])
+def test_decode_samples_at_fps_with_short_side(videos, name):
+    decoded = decode_video(videos[name], fps=1.0, max_frames=32, short_side=224)
+    assert decoded.backend == "decord"
+    assert decoded.duration == pytest.approx(SECONDS)
+    assert decoded.avg_fps == pytest.approx(FPS)
+    assert decoded.plan.indices.tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
+    np.testing.assert_allclose(decoded.plan.times, np.arange(SECONDS) + 0.5)
+    samples = decoded.samples()
+    assert samples.shape == (SECONDS, 224, 299, 3) and samples.dtype == np.uint8
+    assert decoded.frame_indices.tolist() == decoded.plan.indices.tolist()
+
+
+def test_decode_native_size_and_portrait(videos):
+    assert decode_video(videos["mp4"], fps=1.0, max_frames=4, short_side=None).frames.shape[1:] == (120, 160, 3)
+    assert decode_video(videos["portrait"], fps=1.0, max_frames=4, short_side=64).frames.shape[1:] == (85, 64, 3)
+
+
+@pytest.mark.parametrize("name", ["gray_mp4", "gray_webm"])
+def test_decoded_frames_are_the_planned_ones(videos, name):
+    decoded = decode_video(videos[name], fps=2.0, max_frames=8, short_side=32, window=3, stride=2)
+    assert_frames_are(decoded.frames, decoded.frame_indices)
+    assert_frames_are(decoded.samples(), decoded.plan.indices)
+    clips = decoded.clips()
+    assert clips.shape == (8, 3, 32, 43, 3)
+    for clip, window in zip(clips, decoded.plan.windows):
+        assert_frames_are(clip, window)
+    np.testing.assert_array_equal(clips[:, 1], decoded.samples())  # centre of an odd window
+
+
+def test_clips_needs_a_window(videos):
+    decoded = decode_video(videos["mp4"], fps=1.0, max_frames=4)
+    with pytest.raises(ValueError, match="window"):
+        decoded.clips()
+
+
+@pytest.mark.parametrize("name", ["mp4", "mkv", "webm", "gray_webm"])
+@pytest.mark.parametrize("short_side", [224, None])
+def test_ffmpeg_fallback_gives_the_same_frames_as_decord(videos, name, short_side):
+    by_decord = decode_video(videos[name], 2.0, 16, short_side, window=2, stride=3, backend="decord")
+    by_ffmpeg = decode_video(videos[name], 2.0, 16, short_side, window=2, stride=3, backend="ffmpeg")
+    assert (by_decord.backend, by_ffmpeg.backend) == ("decord", "ffmpeg")
+    np.testing.assert_array_equal(by_ffmpeg.frame_indices, by_decord.frame_indices)
+    np.testing.assert_array_equal(by_ffmpeg.plan.times, by_decord.plan.times)
+    assert by_ffmpeg.duration == pytest.approx(by_decord.duration)
+    assert by_ffmpeg.frames.shape == by_decord.frames.shape
+    difference = np.abs(by_ffmpeg.frames.astype(np.int16) - by_decord.frames.astype(np.int16))
+    assert difference.mean() < MAX_BACKEND_MEAN_ABS_DIFF
+
+
+def test_ffmpeg_fallback_with_many_scattered_frames(tmp_path):
+    # 300 isolated frames: more runs than one ffmpeg select expression takes, so
+    # runs are merged and the extra frames dropped on the way.
+    video = make_video(tmp_path / "long_gray.mp4", 60, fps=FPS, size=(64, 48), pattern="frame_gray")
+    by_ffmpeg = decode_video(video, fps=5.0, max_frames=300, short_side=None, backend="ffmpeg")
+    assert by_ffmpeg.frame_indices.tolist() == list(range(1, 600, 2))
+    assert_frames_are(by_ffmpeg.frames, by_ffmpeg.frame_indices)
+    by_decord = decode_video(video, fps=5.0, max_frames=300, short_side=None, backend="decord")
+    np.testing.assert_array_equal(by_ffmpeg.frames, by_decord.frames)
+
+
+@pytest.mark.skipif(av1_encoder() is None, reason="this ffmpeg has no AV1 encoder")
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_av1_decodes_through_ffmpeg(tmp_path, suffix):
+    video = make_video(tmp_path / f"av1{suffix}", 4, fps=FPS, codec="av1", pattern="frame_gray")
+    # decord 0.6.0's bundled FFmpeg has no AV1 decoder: it cannot even find the stream.
+    with pytest.raises(DecodeError, match="decord cannot decode"):
+        decode_video(video, fps=1.0, max_frames=8, backend="decord")
+    decoded = decode_video(video, fps=1.0, max_frames=8, short_side=100, window=2)
+    assert decoded.backend == "ffmpeg"
+    assert decoded.plan.indices.tolist() == [5, 15, 25, 35]
+    assert decoded.frames.shape[1:] == (100, 133, 3)
+    assert_frames_are(decoded.frames, decoded.frame_indices)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", r"file is empty \(0 bytes\)"),
+        ("text", "a text file, not a video"),
+        ("garbage", "not a video file"),
+        ("truncated", "truncated or incomplete MP4"),
+        ("truncated_tail", r"truncated or corrupt: decoding stopped at frame \d+"),
+        ("audio_only", r"no video stream \(found: audio\)"),
+    ],
+)
+def test_bad_files_raise_decode_error_saying_why(tmp_path, kind, message):
+    path = make_broken(kind, tmp_path / f"{kind}.mp4")
+    with pytest.raises(DecodeError, match=message) as raised:
+        decode_video(path, fps=1.0, max_frames=8)
+    assert str(path) in str(raised.value)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(DecodeError, match="file not found"):
+        decode_video(tmp_path / "nowhere.mp4", fps=1.0, max_frames=8)
+    with pytest.raises(DecodeError, match="not a regular file"):
+        decode_video(tmp_path, fps=1.0, max_frames=8)
+
+
+def test_truncated_matroska_is_a_shorter_video(tmp_path, videos):
+    # Matroska has no up-front index: a cut file is just a shorter video to both backends.
+    data = videos["mkv"].read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    by_decord = decode_video(cut, fps=1.0, max_frames=16, backend="decord")
+    by_ffmpeg = decode_video(cut, fps=1.0, max_frames=16, backend="ffmpeg")
+    assert 0 < by_decord.duration < SECONDS
+    assert by_ffmpeg.duration == pytest.approx(by_decord.duration)
+    np.testing.assert_array_equal(by_ffmpeg.frames, by_decord.frames)
+
+
+# -------------------------------------------------------------------------- pool
+
+
+def request(key: str, path: Path, window: int | None = None) -> DecodeRequest:
+    return DecodeRequest(key=key, path=str(path), fps=1.0, max_frames=16, short_side=64, window=window, stride=1)
+
+
+def test_pool_keeps_order_isolates_failures_and_survives_a_hang(tmp_path, videos, monkeypatch):
+    # Workers inherit the drill settings when they are spawned.
+    monkeypatch.setenv(HANG_DRILL_ENV, "hang-drill")
+    monkeypatch.setenv(CRASH_DRILL_ENV, "crash-drill")
+    hang = shutil.copy(videos["mp4"], tmp_path / "hang-drill.mp4")
+    crash = shutil.copy(videos["mp4"], tmp_path / "crash-drill.mp4")
+    text = make_broken("text", tmp_path / "text.mp4")
+    requests = [
+        request("mp4", videos["mp4"], window=2),
+        request("hang", hang),
+        request("webm", videos["webm"]),
+        request("crash", crash),
+        request("text", text),
+        request("missing", tmp_path / "missing.mp4"),
+        request("mkv", videos["mkv"]),
+        request("mp4-again", videos["mp4"], window=2),
+    ]
+    timeout_s = 4.0  # a normal decode here takes ~0.1 s
+    with DecodePool(workers=2, timeout_s=timeout_s) as pool:
+        results = list(pool.imap(requests, prefetch=3))
+        assert [req.key for req, _ in results] == [req.key for req in requests]
+        outcome = {req.key: result for req, result in results}
+        for key in ("mp4", "webm", "mkv", "mp4-again"):
+            assert isinstance(outcome[key], DecodedVideo), outcome[key]
+            assert outcome[key].frames.shape[1:] == (64, 85, 3)
+        for key in ("hang", "crash", "text", "missing"):
+            assert isinstance(outcome[key], DecodeFailure) and outcome[key].key == key
+        assert outcome["hang"].error.endswith(f"timed out after {timeout_s:g}s")
+        assert "decoder process died (killed by SIGSEGV)" in outcome["crash"].error
+        assert "a text file, not a video" in outcome["text"].error
+        assert "file not found" in outcome["missing"].error
+
+        # Deterministic: the same request twice, and in-process, give the same arrays.
+        first, again = outcome["mp4"], outcome["mp4-again"]
+        np.testing.assert_array_equal(first.frames, again.frames)
+        np.testing.assert_array_equal(first.clips(), again.clips())
+        in_process = decode_video(videos["mp4"], 1.0, 16, 64, window=2)
+        np.testing.assert_array_equal(first.frames, in_process.frames)
+        np.testing.assert_array_equal(first.plan.times, in_process.plan.times)
+
+        # The killed and crashed workers were replaced: the pool still works.
+        (_, after), = list(pool.imap([request("after", videos["webm"])]))
+        assert isinstance(after, DecodedVideo)
+        np.testing.assert_array_equal(after.frames, outcome["webm"].frames)
+
+
+def test_pool_reads_at_most_prefetch_requests_ahead(videos):
+    pulled = 0
+
+    def requests():
+        nonlocal pulled
+        for number in range(7):
+            pulled += 1
+            yield request(f"r{number}", videos["mp4"] if number % 2 else videos["webm"])
+
+    with DecodePool(workers=2, timeout_s=60) as pool:
+        consumed = 0
+        for (req, result), expected in zip(pool.imap(requests(), prefetch=2), range(7)):
+            consumed += 1
+            assert req.key == f"r{expected}" and isinstance(result, DecodedVideo)
+            assert pulled <= consumed + 2
+        assert consumed == 7
+
+        # An abandoned iteration does not disturb the next one.
+        abandoned = pool.imap(requests(), prefetch=4)
+        next(abandoned)
+        abandoned.close()
+        keys = [req.key for req, _ in pool.imap([request("x", videos["mkv"]), request("y", videos["mp4"])])]
+        assert keys == ["x", "y"]
+        assert list(pool.imap([])) == []
+
+
+def test_pool_arguments_and_closing(videos):
+    with pytest.raises(ValueError):
+        DecodePool(workers=0)
+    pool = DecodePool(workers=1, timeout_s=30)
+    with pytest.raises(ValueError):
+        pool.imap([], prefetch=0)
+    pool.close()
+    pool.close()  # idempotent
+    assert pool.closed
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.imap([request("late", videos["mp4"])])
+
+
+def test_shared_pool_is_reused_until_settings_change():
+    first = get_decode_pool(workers=1, timeout_s=30)
+    try:
+        assert get_decode_pool(workers=1, timeout_s=30) is first
+        second = get_decode_pool(workers=1, timeout_s=31)
+        assert second is not first and first.closed and not second.closed
+    finally:
+        get_decode_pool(workers=1, timeout_s=31).close()
