@@ -560,7 +560,10 @@ class DecodePool:
     manager, or at interpreter exit.
 
     Uses the 'spawn' start method: scripts that create a pool need the usual
-    ``if __name__ == "__main__":`` guard.
+    ``if __name__ == "__main__":`` guard. Workers leave their parent's process group
+    (terminal Ctrl-C reaches only the parent, which then closes the pool); if the
+    parent itself is SIGKILLed, idle workers exit at once and busy ones after their
+    current video.
     """
 
     def __init__(self, workers: int = 2, timeout_s: float = 300.0) -> None:
@@ -727,10 +730,14 @@ class DecodePool:
 
     def _collect(self, worker: _Worker) -> _Worker:
         """Read a worker's message, or replace it if it died."""
+        unreadable: str | None = None
         try:
             message = worker.conn.recv() if worker.conn.poll() else None
         except (EOFError, OSError):
+            message = None  # it died, perhaps halfway through sending
+        except Exception as error:  # e.g. a result that does not unpickle
             message = None
+            unreadable = f"its result could not be received ({type(error).__name__}: {_one_line(str(error))})"
         if message is not None:
             kind, payload = message
             if kind == "ready":
@@ -743,16 +750,17 @@ class DecodePool:
                 self._deliver(job, seq, request, payload)
             if worker.process.is_alive():
                 return worker
-        worker.process.join(timeout=5)
-        if worker.process.is_alive():  # closed its pipe yet lives on: unusable
+        if unreadable is None:
+            worker.process.join(timeout=5)
+        if worker.process.is_alive():  # unusable: no message, or a broken pipe
             self._kill(worker)
-        cause = _exit_description(worker.process.exitcode)
+        cause = unreadable or f"decoder process died ({_exit_description(worker.process.exitcode)})"
         if not worker.ready:
-            raise RuntimeError(f"decode worker failed to start ({cause})")
+            raise RuntimeError(f"decode worker failed to start: {cause}")
         if worker.task is not None:
             job, seq, request = worker.task
-            log.warning("decode worker died on %s (%s); replacing it", request.path, cause)
-            self._deliver(job, seq, request, DecodeFailure(request.key, f"{request.path}: decoder process died ({cause})"))
+            log.warning("decode worker failed on %s: %s; replacing it", request.path, cause)
+            self._deliver(job, seq, request, DecodeFailure(request.key, f"{request.path}: {cause}"))
         worker.conn.close()
         return self._start_worker()
 

@@ -8,7 +8,9 @@ cannot pass the "same frames" checks below.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +261,31 @@ def test_truncated_matroska_is_a_shorter_video(tmp_path, videos):
     assert 0 < by_decord.duration < SECONDS
     assert by_ffmpeg.duration == pytest.approx(by_decord.duration)
     np.testing.assert_array_equal(by_ffmpeg.frames, by_decord.frames)
+
+
+def cut_before_last_frames(video: Path, cut: Path, frames: int) -> Path:
+    """Copy `video` without the bytes of its last `frames` frames (no B-frames, index first)."""
+    listing = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos", "-of", "json", str(video)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    offsets = [int(packet["pos"]) for packet in json.loads(listing)["packets"]]
+    cut.write_bytes(video.read_bytes()[: offsets[-frames]])
+    return cut
+
+
+def test_ffmpeg_reuses_the_last_frame_when_the_final_ones_are_missing(tmp_path):
+    # The index still promises 50 frames; the last 2 are gone. Samples that near the
+    # end reuse frame 47 rather than failing the whole video. (decord, which counts
+    # the packets present, reads this file as a 48-frame video instead.)
+    whole = make_video(
+        tmp_path / "whole.mp4", 5, fps=FPS, pattern="frame_gray", extra_args=["-bf", "0", "-movflags", "+faststart"]
+    )
+    cut = cut_before_last_frames(whole, tmp_path / "cut.mp4", frames=2)
+    decoded = decode_video(cut, fps=10.0, max_frames=100, short_side=None, backend="ffmpeg")
+    assert decoded.duration == pytest.approx(5.0)
+    assert decoded.frame_indices.tolist() == list(range(50))
+    assert_frames_are(decoded.frames, [*range(48), 47, 47])
 
 
 # -------------------------------------------------------------------------- pool
