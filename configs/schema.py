@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -72,6 +72,16 @@ class ExtractConfig(_Strict):
         default_factory=dict, description="torchvision weights per video backbone, e.g. {r2plus1d_18: KINETICS400_V1}"
     )
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _window_fits_backbones(self) -> ExtractConfig:
+        from models.visual import VISUAL_FEATURES
+
+        for name in self.visual:
+            need = VISUAL_FEATURES[name].min_frames
+            if self.window < need:
+                raise ValueError(f"visual feature {name!r} needs extract.window >= {need}, got {self.window}")
+        return self
 
     @field_validator("teacher", mode="before")
     @classmethod
