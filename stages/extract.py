@@ -17,7 +17,7 @@ import numpy as np
 from configs.schema import ExtractConfig, RunConfig, TeacherSpec
 from stages.manifest import Manifest, Video
 from storage.features import LAYOUT_VERSION, FeatureStore
-from storage.fingerprint import file_identity, fingerprint
+from storage.fingerprint import fingerprint
 
 log = logging.getLogger("prvr.extract")
 Progress = Callable[[int, int], None]
@@ -41,10 +41,13 @@ def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardPlan]:
 
 # ---- fingerprints -------------------------------------------------------------
 def teacher_identity(spec: TeacherSpec) -> dict:
-    pretrained = spec.pretrained
-    if pretrained is not None and Path(pretrained).is_file():
-        return {"model": spec.model, "pretrained": file_identity(pretrained)}
-    return {"model": spec.model, "pretrained": pretrained}
+    """The weights' identity without loading them: a tag, or a checkpoint file's content hash."""
+    from models.clip import file_sha256
+
+    path = Path(spec.pretrained).expanduser() if spec.pretrained else None
+    if path is not None and path.is_file():
+        return {"model": spec.model, "pretrained": {"size": path.stat().st_size, "sha256": file_sha256(path)}}
+    return {"model": spec.model, "pretrained": spec.pretrained}
 
 
 def _extraction_settings(cfg: ExtractConfig) -> dict:
