@@ -83,6 +83,17 @@ class SamplePlan:
         return np.unique(np.concatenate([self.indices, self.windows.ravel()]))
 
 
+def _check_sampling(fps: float, max_frames: int, window: int | None, stride: int) -> None:
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be >= 1 or None, got {window}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+
+
 def plan_samples(
     num_frames: int,
     avg_fps: float,
@@ -101,14 +112,7 @@ def plan_samples(
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if not (math.isfinite(avg_fps) and avg_fps > 0):
         raise ValueError(f"avg_fps must be a positive number, got {avg_fps}")
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be a positive number, got {fps}")
-    if max_frames < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    if window is not None and window < 1:
-        raise ValueError(f"window must be >= 1 or None, got {window}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
+    _check_sampling(fps, max_frames, window, stride)
 
     duration = num_frames / avg_fps
     count = max(1, math.floor(duration * fps + _FLOOR_EPS))
@@ -143,9 +147,12 @@ class DecodedVideo:
             raise ValueError(f"{len(self.frames)} frames for {len(self.frame_indices)} indices")
 
     def _rows(self, wanted: np.ndarray) -> np.ndarray:
+        """Rows of `frames` holding the frame indices `wanted` (any shape)."""
         rows = np.searchsorted(self.frame_indices, wanted)
-        if np.any(rows >= len(self.frame_indices)) or np.any(self.frame_indices[np.minimum(rows, len(self.frame_indices) - 1)] != wanted):
-            raise ValueError("plan needs frames that were not decoded")
+        found = rows < len(self.frame_indices)
+        found[found] = self.frame_indices[rows[found]] == wanted[found]
+        if not found.all():
+            raise ValueError("the plan needs frames that were not decoded")
         return rows
 
     def samples(self) -> np.ndarray:
@@ -192,8 +199,11 @@ def decode_video(
     stream). No timeout here: use DecodePool for untrusted files.
     """
     path = Path(path)
+    _check_sampling(fps, max_frames, window, stride)
     if short_side is not None and short_side < 1:
         raise ValueError(f"short_side must be >= 1 or None, got {short_side}")
+    if backend not in ("auto", "decord", "ffmpeg"):
+        raise ValueError(f"backend must be 'auto', 'decord' or 'ffmpeg', got {backend!r}")
     _check_file(path)
     if backend == "ffmpeg":
         return _decode_with_ffmpeg(path, fps, max_frames, short_side, window, stride)
@@ -240,7 +250,7 @@ def _decode_with_decord(
         avg_fps = float(reader.get_avg_fps())
         if num_frames < 1 or not (math.isfinite(avg_fps) and avg_fps > 0):
             raise _BackendFailure(f"reports {num_frames} frames at {avg_fps} fps")
-        # Frame 0 gives the displayed size (decord applies rotation metadata).
+        # Frame 0 gives the size decord outputs (after any rotation it applies).
         native_height, native_width = _as_numpy(reader[0]).shape[:2]
         height, width = output_size(native_height, native_width, short_side)
         if (height, width) != (native_height, native_width):

@@ -185,6 +185,18 @@ def test_clips_needs_a_window(videos):
     decoded = decode_video(videos["mp4"], fps=1.0, max_frames=4)
     with pytest.raises(ValueError, match="window"):
         decoded.clips()
+    partial = DecodedVideo(decoded.frames[:2], decoded.frame_indices[:2], decoded.plan, 8.0, 10.0, "decord")
+    with pytest.raises(ValueError, match="not decoded"):
+        partial.samples()
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [dict(fps=0.0), dict(max_frames=0), dict(short_side=0), dict(window=0), dict(stride=0), dict(backend="opencv")],
+)
+def test_decode_video_rejects_nonsense_arguments(videos, arguments):
+    with pytest.raises(ValueError):
+        decode_video(videos["mp4"], **{"fps": 1.0, "max_frames": 4, **arguments})
 
 
 @pytest.mark.parametrize("name", ["mp4", "mkv", "webm", "gray_webm"])
@@ -295,6 +307,7 @@ def request(key: str, path: Path, window: int | None = None) -> DecodeRequest:
     return DecodeRequest(key=key, path=str(path), fps=1.0, max_frames=16, short_side=64, window=window, stride=1)
 
 
+@pytest.mark.slow  # kills worker processes; waits out a timeout
 def test_pool_keeps_order_isolates_failures_and_survives_a_hang(tmp_path, videos, monkeypatch):
     # Workers inherit the drill settings when they are spawned.
     monkeypatch.setenv(HANG_DRILL_ENV, "hang-drill")
