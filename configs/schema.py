@@ -125,6 +125,11 @@ class RunConfig(_Strict):
         data["runs_dir"] = _anchor(Path(data["runs_dir"]), base)
         if "://" not in self.store:
             data["store"] = str(_anchor(Path(self.store), base))
+        for teacher in data["extract"]["teacher"]:
+            # A checkpoint path (not a registry tag) is relative to the config file too.
+            p = teacher["pretrained"]
+            if p and ("/" in p or Path(p).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}):
+                teacher["pretrained"] = str(_anchor(Path(p), base))
         return RunConfig.model_validate(data)
 
 

@@ -102,6 +102,45 @@ def status(
     console.print("complete" if report["complete"] else "[red]incomplete[/]")
 
 
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="folder for the world: videos/, videos.jsonl, queries.jsonl"),
+    videos: Optional[int] = typer.Option(None, "--videos", "-n", help="number of videos (default: the preset's)"),
+    seed: int = typer.Option(0, "--seed"),
+    preset: str = typer.Option("demo", "--preset", help="demo | small | hard"),
+    workers: int = typer.Option(2, "--workers", help="render processes (results do not depend on it)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a world already in OUT"),
+) -> None:
+    """Generate the synthetic PRVR world: untrimmed videos with known moments and captions."""
+    from synth.generate import generate_world
+    from synth.presets import get_preset
+
+    try:
+        count = videos if videos is not None else get_preset(preset).default_videos
+        with typer.progressbar(length=count, label="rendering") as bar:
+            summary = generate_world(out, count, seed, preset, workers=workers, overwrite=overwrite,
+                                     progress=lambda done, total: bar.update(done - bar.pos))
+    except (ValueError, FileExistsError) as e:
+        _fail(str(e))
+    typer.echo(str(summary))
+
+
+@app.command("synth-teacher")
+def synth_teacher(
+    world: Path = typer.Argument(..., help="a world made by `prvr synth`"),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="checkpoint path (default WORLD/teacher/prvr-synth.pt)"),
+) -> None:
+    """Train the synthetic-domain CLIP teacher: sees appearance, blind to actions."""
+    from synth.teacher import train_synth_teacher
+
+    try:
+        report = train_synth_teacher(world, out, seed=seed, log_every=50)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(str(e))
+    typer.echo(str(report))
+
+
 @stack_app.command("up")
 def stack_up(port: Optional[int] = typer.Option(None, help="server port (default 4200)")) -> None:
     """Start the server, create the work pool, apply the deployments, start one worker."""

@@ -77,3 +77,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_schema_is_json_schema_for_the_prefect_form():
     schema = RunConfig.model_json_schema()
     assert "extract" in schema["properties"]
+
+
+def test_checkpoint_paths_anchor_to_the_config_file_but_tags_do_not(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["extract.teacher=[{model: prvr-tiny, pretrained: ckpt/t.pt}, {model: ViT-B-32, pretrained: openai}]"])
+    assert cfg.extract.teacher[0].pretrained == str((tmp_path / "ckpt/t.pt").resolve())
+    assert cfg.extract.teacher[1].pretrained == "openai"
+
+
+def test_window_must_fit_the_video_backbone(tmp_path):
+    with pytest.raises(ConfigError, match="s3d"):
+        load_config(write(tmp_path, BASE), ["extract.visual=[clip, s3d]", "extract.window=8"])
+    assert load_config(write(tmp_path, BASE), ["extract.visual=[clip, s3d]", "extract.window=16"]).extract.window == 16
+
+
+def test_demo_and_example_configs_validate():
+    from tests.conftest import ROOT
+
+    for name in ("demo.yaml", "example.yaml"):
+        load_config(ROOT / "configs" / name)
