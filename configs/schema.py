@@ -111,12 +111,67 @@ class ExtractConfig(_Strict):
         return v
 
 
+class TrainConfig(_Strict):
+    visual: list[str] = Field(default_factory=lambda: ["clip"], description="student inputs (extract.visual), concatenated")
+    teachers: list[str] | None = Field(default=None, description="teacher keys to distil from (default: all)")
+    branches: Literal["both", "inheritance", "exploration"] = Field(
+        default="both", description="both = DL-DKD; one branch alone for ablations")
+    epochs: int = Field(default=100, ge=1)
+    batch_videos: int = Field(default=128, ge=2, description="videos per batch, each with all of its queries")
+    lr: float = Field(default=2.5e-4, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup: float = Field(default=0.01, ge=0, lt=1, description="fraction of steps with linear warm-up")
+    hidden: int = Field(default=384, ge=8)
+    heads: int = Field(default=4, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    max_frames: int | None = Field(default=None, ge=1, description="default: extract.max_frames")
+    margin: float = Field(default=0.2, ge=0)
+    hard_pool: int = Field(default=20, ge=1)
+    infonce_weight: float = Field(default=0.04, ge=0)
+    schedule: Literal["exponential", "linear", "sigmoid", "cosine", "constant"] = "exponential"
+    schedule_base: float = Field(default=0.1, ge=0)
+    increasing: bool = False
+    distill_temperature: float = Field(default=0.2, gt=0)
+    soft_infonce: bool = Field(default=False, description="DL-DKD++ soft targets in InfoNCE")
+    fusion: float = Field(default=0.7, ge=0, le=1, description="weight of the inheritance branch at inference")
+    early_stop: int = Field(default=10, ge=1, description="epochs without validation SumR gain before stopping")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(default=True, description="mixed precision on CUDA")
+    resume: bool = True
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> TrainConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"train.hidden ({self.hidden}) must be divisible by train.heads ({self.heads})")
+        return self
+
+
+class EvaluateConfig(_Strict):
+    split: str = "test"
+    query_chunk: int = Field(default=1024, ge=1)
+    checkpoint: Literal["best", "last"] = "best"
+
+
 class RunConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: DatasetConfig
     store: str = Field(min_length=1, description="path or fsspec URL of the Zarr feature store")
     runs_dir: Path = Path("runs")
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _train_inputs_are_extracted(self) -> RunConfig:
+        missing = [v for v in self.train.visual if v not in self.extract.visual]
+        if missing:
+            raise ValueError(f"train.visual {missing} not in extract.visual {self.extract.visual}")
+        keys = [t.key for t in self.extract.teacher]
+        unknown = [t for t in (self.train.teachers or []) if t not in keys]
+        if unknown:
+            raise ValueError(f"train.teachers {unknown} not among the extracted teachers {keys}")
+        return self
 
     def resolve_paths(self, base: Path) -> RunConfig:
         """Relative paths in a config file are relative to that file's folder."""

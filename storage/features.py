@@ -44,6 +44,11 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def resampled_rows(n: int, t_max: int) -> np.ndarray:
+    """Rows kept when n frames are uniformly resampled to t_max (readers of any aligned data use this rule)."""
+    return np.round(np.linspace(0, n - 1, t_max)).astype(int)
+
+
 def _rows_per_chunk(row_bytes: int) -> int:
     return max(64, CHUNK_BYTES // max(1, row_bytes))
 
@@ -318,7 +323,7 @@ class FeatureStore:
         times = np.zeros((len(items), t_max), dtype=np.float32)
         for i, (_, f, t) in enumerate(items):
             if len(t) > t_max:
-                keep = np.round(np.linspace(0, len(t) - 1, t_max)).astype(int)
+                keep = resampled_rows(len(t), t_max)
                 f, t = f[keep], t[keep]
             feats[i, : len(t)] = f
             mask[i, : len(t)] = True
@@ -375,6 +380,17 @@ class FeatureStore:
     def invalidate_consolidated(self) -> None:
         """Drop the root's consolidated snapshot before writing, so no reader sees stale metadata."""
         self.root.attrs.update({"modified_at": _now()})
+
+    def commit_fingerprints(self) -> dict[str, str]:
+        """The fingerprint of every committed shard and text split: the identity of the store's data."""
+        found = {}
+        for i in self.committed_shards():
+            found[shard_name(i)] = self._shard_attrs(i)["committed"]["fingerprint"]
+        for split in self.text_splits():
+            committed = self.root["text"][split].attrs.get("committed")
+            if committed:
+                found[f"text/{split}"] = committed["fingerprint"]
+        return found
 
     # ---- finishing ----------------------------------------------------------
     def consolidate(self) -> None:

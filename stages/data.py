@@ -1,0 +1,101 @@
+"""A split of the feature store as tensors for the student: videos, queries, teacher targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from configs.schema import RunConfig
+from stages.extract import token_model, visual_feature
+from storage.features import FeatureStore, StoreError, resampled_rows
+
+
+@dataclass
+class SplitData:
+    split: str
+    video_ids: list[str]
+    video: torch.Tensor  # (N, T, Dv) float16, student visual features (concatenated)
+    video_mask: torch.Tensor  # (N, T) bool
+    times: torch.Tensor  # (N, T) float32 seconds
+    query_ids: list[str]
+    texts: list[str]
+    tokens: torch.Tensor  # (Q, L, Dt) float16
+    token_mask: torch.Tensor  # (Q, L) bool
+    query_video: torch.Tensor  # (Q,) long: row of each query's video in `video`
+    moments: np.ndarray  # (Q, 2) seconds, NaN when unknown
+    durations: np.ndarray  # (N,)
+    teacher_positive: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (Q, T) scores on own video
+    queries_by_video: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        order = self.query_video.numpy()
+        self.queries_by_video = [np.flatnonzero(order == v) for v in range(len(self.video_ids))]
+
+    @property
+    def video_dim(self) -> int:
+        return int(self.video.shape[-1])
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.tokens.shape[-1])
+
+    def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """Videos with all their queries; query_video indexes the batch's videos."""
+        queries = np.concatenate([self.queries_by_video[v] for v in video_rows])
+        position = {int(v): i for i, v in enumerate(video_rows)}
+        query_video = torch.tensor([position[int(self.query_video[q])] for q in queries], dtype=torch.long)
+        rows = torch.as_tensor(video_rows, dtype=torch.long)
+        qrows = torch.as_tensor(queries, dtype=torch.long)
+        out = {
+            "video": self.video[rows].float(), "video_mask": self.video_mask[rows],
+            "tokens": self.tokens[qrows].float(), "token_mask": self.token_mask[qrows], "query_video": query_video,
+        }
+        for key, scores in self.teacher_positive.items():
+            out[f"teacher:{key}"] = scores[qrows]
+        return {k: v.to(device) for k, v in out.items()}
+
+
+def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: FeatureStore | None = None) -> SplitData:
+    store = store or FeatureStore(cfg.store)
+    max_frames = cfg.train.max_frames or cfg.extract.max_frames
+    parts = [store.padded(split, visual_feature(v), max_frames=max_frames, dtype=np.float16) for v in cfg.train.visual]
+    first = parts[0]
+    for p in parts[1:]:
+        if p.video_ids != first.video_ids:
+            raise StoreError("visual features disagree on the videos of a split")
+    video = np.concatenate([p.features for p in parts], axis=-1)
+    index = {vid: i for i, vid in enumerate(first.video_ids)}
+
+    text = store.text(split)
+    keep = [i for i, vid in enumerate(text.video_ids) if vid in index]  # queries of videos left out have no video
+    tok_key = token_model(cfg.extract)
+    tokens, lengths = text.tokens(tok_key)
+    tokens, lengths = tokens[keep], lengths[keep]
+    token_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    query_video = np.array([index[text.video_ids[i]] for i in keep], dtype=np.int64)
+    locations = store.video_index()
+    data = SplitData(
+        split=split, video_ids=first.video_ids, video=torch.from_numpy(video), video_mask=torch.from_numpy(first.mask),
+        times=torch.from_numpy(first.times), query_ids=[text.query_ids[i] for i in keep],
+        texts=[text.texts[i] for i in keep], tokens=torch.from_numpy(tokens), token_mask=torch.from_numpy(token_mask),
+        query_video=torch.from_numpy(query_video), moments=text.moments[keep],
+        durations=np.array([locations[v].duration for v in first.video_ids], dtype=np.float32),
+    )
+    if teachers:
+        from storage.teacher_cache import TeacherCache
+
+        cache = TeacherCache(store)
+        n_frames = data.video_mask.sum(1).numpy()[query_video]
+        for key in teachers:
+            flat, offsets = cache.positive_frames(key, split)  # rows in text(split) order
+            scores = np.zeros((len(keep), data.video_mask.shape[1]), dtype=np.float32)
+            for j, i in enumerate(keep):
+                row = flat[offsets[i]:offsets[i + 1]].astype(np.float32)
+                if len(row) != n_frames[j]:  # the student view was resampled to train.max_frames
+                    row = row[resampled_rows(len(row), int(n_frames[j]))]
+                scores[j, : n_frames[j]] = row
+            data.teacher_positive[key] = torch.from_numpy(scores)
+    return data
+

@@ -1,0 +1,147 @@
+"""Evaluation: R@1/5/10/100 and SumR of the fused student, each branch, and each teacher
+zero-shot; moments of the top videos; the run's metrics, report and plots.
+
+Scores are computed chunk by chunk over queries against a gallery encoded once, so memory
+stays bounded by (query chunk x videos x frames), whatever the number of queries.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from configs.schema import RunConfig
+from stages.data import SplitData, load_split
+from storage.features import FeatureStore
+from storage.runs import RunPaths
+
+log = logging.getLogger("prvr.evaluate")
+VIDEO_CHUNK = 256  # videos encoded per forward when building the gallery
+
+
+@torch.inference_mode()
+def encode_split(model, data: SplitData, device: torch.device | str = "cpu"):
+    """Normalised gallery frames and query vectors of every branch, encoded once."""
+    model.eval()
+    gallery: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(data.video_ids), VIDEO_CHUNK):
+        sl = slice(start, start + VIDEO_CHUNK)
+        enc = model.encode_gallery(data.video[sl].float().to(device), data.video_mask[sl].to(device))
+        for k, v in enc.items():
+            gallery.setdefault(k, []).append(v)
+    queries: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(data.query_ids), VIDEO_CHUNK * 4):
+        sl = slice(start, start + VIDEO_CHUNK * 4)
+        enc = model.encode_queries(data.tokens[sl].float().to(device), data.token_mask[sl].to(device))
+        for k, v in enc.items():
+            queries.setdefault(k, []).append(v)
+    return ({k: torch.cat(v) for k, v in gallery.items()}, {k: torch.cat(v) for k, v in queries.items()},
+            data.video_mask.to(device))
+
+
+def evaluate_student(model, data: SplitData, branch: str, device: torch.device | str = "cpu",
+                     chunk: int = 1024, encoded=None) -> tuple[dict[str, float], np.ndarray]:
+    from stages.metrics import evaluate_chunked
+
+    gallery, queries, mask = encoded or encode_split(model, data, device)
+
+    @torch.inference_mode()
+    def score_chunk(sl: slice) -> np.ndarray:
+        q = {k: v[sl] for k, v in queries.items()}
+        return model.score_encoded(q, gallery, mask, branch).float().cpu().numpy()
+
+    return evaluate_chunked(score_chunk, data.query_video.numpy(), chunk=chunk)
+
+
+def own_video_frame_scores(model, queries: dict[str, torch.Tensor], frames: dict[str, torch.Tensor],
+                           branch: str) -> torch.Tensor:
+    """(n, T) cosine of each query with the frames of one video each (normalised encodings)."""
+    def cosine(b: str) -> torch.Tensor:
+        return torch.einsum("nh,nth->nt", queries[b], frames[b])
+
+    if branch != "fused":
+        return cosine(branch)
+    w = model.cfg.fusion
+    return w * cosine("inheritance") + (1 - w) * cosine("exploration")
+
+
+@torch.inference_mode()
+def moments_of_top_videos(model, data: SplitData, branch: str, ranks: np.ndarray, encoded,
+                          device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Predicted moments on each query's own video, scored where that video came first and overall."""
+    from stages.moments import moment_recall, predict_moment
+
+    gallery, queries, mask = encoded
+    with_gt = np.flatnonzero(~np.isnan(data.moments).any(1))
+    if len(with_gt) == 0:
+        return {}
+    predictions, truths, rank1 = [], [], []
+    for start in range(0, len(with_gt), 1024):
+        rows = with_gt[start:start + 1024]
+        vids = data.query_video[rows]
+        q = {k: v[rows] for k, v in queries.items()}
+        frame_scores = own_video_frame_scores(model, q, {k: v[vids] for k, v in gallery.items()}, branch)
+        for j, r in enumerate(rows):
+            v = int(data.query_video[r])
+            n = int(mask[v].sum())
+            predictions.append(predict_moment(frame_scores[j, :n].float().cpu().numpy(), data.times[v, :n].numpy(),
+                                              float(data.durations[v])))
+            truths.append(tuple(data.moments[r]))
+            rank1.append(ranks[r] == 1)
+    rank1 = np.asarray(rank1)
+    top = moment_recall([p for p, k in zip(predictions, rank1) if k], [g for g, k in zip(truths, rank1) if k])
+    own = moment_recall(predictions, truths)
+    return {"rank1_correct": top, "ground_truth_video": own}
+
+
+def teacher_zero_shot(store: FeatureStore, teacher: str, split: str, data: SplitData) -> dict[str, float]:
+    """Recall of the teacher alone, from its cached query x video matrix."""
+    from stages.metrics import evaluate_chunked
+    from storage.teacher_cache import TeacherCache
+
+    sim, query_ids, video_ids = TeacherCache(store).video_sim(teacher, split)
+    column = {vid: i for i, vid in enumerate(video_ids)}
+    row = {qid: i for i, qid in enumerate(query_ids)}
+    rows = np.array([row[q] for q in data.query_ids])
+    positive = np.array([column[data.video_ids[v]] for v in data.query_video.numpy()])
+    metrics, _ = evaluate_chunked(lambda sl: sim[rows[sl]].astype(np.float32), positive)
+    return metrics
+
+
+def evaluate_run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Evaluate run `cfg.name` on `cfg.evaluate.split`; writes metrics.json, report.md and plots."""
+    from models.clip import resolve_device
+    from stages.report import write_run_report
+    from stages.train import load_trained_student
+    from storage.checkpoints import newest_loadable
+
+    device = torch.device(resolve_device(cfg.train.device))
+    split = cfg.evaluate.split
+    store = FeatureStore(cfg.store)
+    model, branch, state = load_trained_student(cfg, cfg.evaluate.checkpoint, str(device))
+    data = load_split(cfg, split, (), store)
+    encoded = encode_split(model, data, device)
+    methods: dict[str, dict[str, float]] = {}
+    names = {"fused": "DL-DKD student (fused)", "inheritance": "inheritance branch", "exploration": "exploration branch"}
+    branches = ["fused", "inheritance", "exploration"] if branch == "fused" else [branch]
+    ranks_by_branch = {}
+    for b in branches:
+        metrics, ranks = evaluate_student(model, data, b, device, cfg.evaluate.query_chunk, encoded)
+        methods[names[b]] = metrics
+        ranks_by_branch[b] = ranks
+        if progress:
+            progress(f"{names[b]}: SumR {metrics['SumR']:.1f}")
+    for teacher in [t.key for t in cfg.extract.teacher]:
+        methods[f"teacher {teacher} (zero-shot)"] = teacher_zero_shot(store, teacher, split, data)
+    moments = moments_of_top_videos(model, data, branch, ranks_by_branch[branch], encoded, device)
+    paths = RunPaths.of(cfg.runs_dir, cfg.name)
+    found = newest_loadable(paths)
+    history = list(found[1]["history"]) if found else []
+    summary = {"run": cfg.name, "split": split, "queries": len(data.query_ids), "videos": len(data.video_ids),
+               "best_epoch": state.get("epoch"), "methods": methods, "moments": moments}
+    files = write_run_report(paths.root, summary, history, title=f"prvr run {cfg.name}")
+    summary["files"] = {k: str(v) for k, v in files.items()}
+    return summary

@@ -1,0 +1,252 @@
+"""DL-DKD student training: two branches, dynamic distillation into the inheritance branch,
+validation SumR for model selection and early stopping, resumable checkpoints every epoch.
+
+On CPU the same config and data give the same model, also across a kill and resume: every
+random stream (dropout, shuffling, hard-negative draws) is saved in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from configs.schema import RunConfig, TrainConfig
+from stages.data import SplitData, load_split
+from storage.checkpoints import (
+    CheckpointError, best_checkpoint, epoch_checkpoint, newest_loadable, prune_epoch_checkpoints, save_checkpoint,
+)
+from storage.features import FeatureStore
+from storage.fingerprint import fingerprint
+from storage.runs import RunPaths
+
+log = logging.getLogger("prvr.train")
+CHECKPOINT_FORMAT = 1
+# Settings that may change between a run and its resumption without changing the trajectory.
+_RESUMABLE_KEYS = {"resume", "device", "amp"}
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+def active_branches(train: TrainConfig) -> list[str]:
+    return ["inheritance", "exploration"] if train.branches == "both" else [train.branches]
+
+
+def eval_branch(train: TrainConfig) -> str:
+    return "fused" if train.branches == "both" else train.branches
+
+
+def distilled_teachers(cfg: RunConfig) -> list[str]:
+    if "inheritance" not in active_branches(cfg.train):
+        return []
+    return cfg.train.teachers or [t.key for t in cfg.extract.teacher]
+
+
+def student_config(cfg: RunConfig, data: SplitData):
+    from models.student import StudentConfig
+
+    t = cfg.train
+    return StudentConfig(video_dim=data.video_dim, text_dim=data.text_dim, hidden=t.hidden, heads=t.heads,
+                         dropout=t.dropout, max_frames=data.video.shape[1], max_tokens=data.tokens.shape[1],
+                         fusion=t.fusion)
+
+
+def data_fingerprint(store: FeatureStore, teachers: list[str]) -> str:
+    return fingerprint({"store": store.commit_fingerprints(), "teachers": teachers})
+
+
+def config_fingerprint(train: TrainConfig, data_fp: str) -> str:
+    settings = {k: v for k, v in train.model_dump().items() if k not in _RESUMABLE_KEYS}
+    return fingerprint({"train": settings, "data": data_fp})
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    # BERT-style: no decay on biases, norms and embeddings-like 1-d parameters.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in gens.items()}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return state
+
+
+def _restore_rng(state: dict[str, torch.Tensor], gens: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    for k, g in gens.items():
+        g.set_state(state[k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_KEYS and old.get(k) != new.get(k))
+
+
+def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the student of run `cfg.name`; returns the summary of the best epoch."""
+    from models.clip import resolve_device
+    from models.losses import LossWeights, branch_loss, gather_positive, multi_teacher_kl
+    from models.schedules import distillation_weight
+    from models.student import DLDKDStudent
+    from stages.evaluate import evaluate_student
+
+    t = cfg.train
+    device = torch.device(resolve_device(t.device))
+    paths = RunPaths.of(cfg.runs_dir, cfg.name).make()
+    store = FeatureStore(cfg.store)
+    teachers = distilled_teachers(cfg)
+    train_data = load_split(cfg, "train", teachers, store)
+    val_data = load_split(cfg, "val", (), store) if "val" in store.text_splits() else None
+    data_fp = data_fingerprint(store, teachers)
+    config_fp = config_fingerprint(t, data_fp)
+
+    torch.manual_seed(t.seed)
+    gens = {"shuffle": torch.Generator().manual_seed(t.seed + 1), "negatives": torch.Generator().manual_seed(t.seed + 2)}
+    model_cfg = student_config(cfg, train_data)
+    model = DLDKDStudent(model_cfg).to(device)
+    optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr)
+    steps_per_epoch = math.ceil(len(train_data.video_ids) / t.batch_videos)
+    total_steps = steps_per_epoch * t.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(t.warmup * total_steps)))
+    use_amp = t.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
+                          distill_temperature=t.distill_temperature)
+
+    start_epoch, step, history = 0, 0, []
+    best = {"metric": -1.0, "epoch": -1}
+    stale_epochs = 0
+    if t.resume:
+        found = newest_loadable(paths)
+        if found is not None:
+            path, state = found
+            if state.get("config_fingerprint") != config_fp:
+                changed = _diff(state.get("train_config", {}), t.model_dump())
+                raise CheckpointError(
+                    f"{path} was written by an incompatible config (changed: {changed or 'the data in the store'}); "
+                    f"use another run name, or --set train.resume=false to start over")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            _restore_rng(state["rng"], gens)
+            start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
+            best, stale_epochs = dict(state["best"]), state["stale_epochs"]
+            log.info("resuming %s from %s (epoch %d done)", cfg.name, path.name, start_epoch)
+    done_early = stale_epochs >= t.early_stop
+    n_videos = len(train_data.video_ids)
+    epochs_run = 0
+    for epoch in range(start_epoch, t.epochs):
+        if done_early or (stop_after_epochs is not None and epochs_run >= stop_after_epochs):
+            break
+        started = time.perf_counter()
+        model.train()
+        w = distillation_weight(t.schedule, epoch, total_epochs=t.epochs, base=t.schedule_base, increasing=t.increasing)
+        order = torch.randperm(n_videos, generator=gens["shuffle"]).numpy()
+        sums = {"loss": 0.0, "triplet": 0.0, "infonce": 0.0, "distill": 0.0}
+        for start in range(0, n_videos, t.batch_videos):
+            rows = order[start:start + t.batch_videos]
+            if len(rows) < 2:  # a lone video has no negatives
+                continue
+            batch = train_data.batch(rows, device)
+            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with autocast:
+                outputs = model(batch["video"], batch["video_mask"], batch["tokens"], batch["token_mask"])
+                loss = torch.zeros((), device=device)
+                for name in active_branches(t):
+                    parts = branch_loss(outputs[name], batch["query_video"], weights, gens["negatives"])
+                    loss = loss + parts["total"]
+                    sums["triplet"] += float(parts["triplet"])
+                    sums["infonce"] += float(parts["infonce"])
+                if teachers:
+                    student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
+                    mask = batch["video_mask"][batch["query_video"]]
+                    kl = multi_teacher_kl(student_pos.float(), [batch[f"teacher:{k}"] for k in teachers], mask,
+                                          t.distill_temperature)
+                    loss = loss + w * kl
+                    sums["distill"] += float(kl)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            sums["loss"] += float(loss)
+        record: dict[str, Any] = {"epoch": epoch, "step": step, "distill_weight": w if teachers else 0.0,
+                                  "lr": optimizer.param_groups[0]["lr"],
+                                  **{("loss" if k == "loss" else f"loss_{k}"): v / steps_per_epoch for k, v in sums.items()}}
+        if val_data is not None:
+            val_metrics, _ = evaluate_student(model, val_data, eval_branch(t), device=device)
+            record["val_SumR"] = val_metrics["SumR"]
+        else:  # no validation split: select on the training loss instead
+            record["val_SumR"] = -record["loss"]
+        improved = record["val_SumR"] > best["metric"]
+        if improved:
+            best = {"metric": record["val_SumR"], "epoch": epoch}
+            stale_epochs = 0
+        else:
+            stale_epochs += 1
+        done_early = stale_epochs >= t.early_stop
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        if improved:
+            save_checkpoint(best_checkpoint(paths), {
+                "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "epoch": epoch, "metric": best["metric"],
+                "student_config": asdict(model_cfg), "config_fingerprint": config_fp, "branch": eval_branch(t)})
+        save_checkpoint(epoch_checkpoint(paths, epoch + 1), {
+            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "rng": _rng_state(gens), "best": best, "stale_epochs": stale_epochs, "history": history,
+            "config_fingerprint": config_fp, "train_config": t.model_dump(), "student_config": asdict(model_cfg)})
+        prune_epoch_checkpoints(paths)
+        epochs_run += 1
+        log.info("epoch %d: loss %.4f, distill weight %.4f, val SumR %.2f%s", epoch, record["loss"],
+                 record["distill_weight"], record["val_SumR"], " (best)" if improved else "")
+        if on_epoch:
+            on_epoch({**record, "epochs": t.epochs, "best_epoch": best["epoch"], "early_stopped": done_early})
+    if best["epoch"] < 0:
+        raise CheckpointError(f"run {cfg.name}: no epoch was trained")
+    return {"run": cfg.name, "best_epoch": best["epoch"], "best_val_SumR": best["metric"], "epochs_done": len(history),
+            "early_stopped": done_early, "history": history, "checkpoint": str(best_checkpoint(paths))}
+
+
+def load_trained_student(cfg: RunConfig, which: str = "best", device: str = "cpu"):
+    """The trained student of run `cfg.name` and the branch to score with."""
+    from models.student import DLDKDStudent, StudentConfig
+    from storage.checkpoints import load_checkpoint
+
+    paths = RunPaths.of(cfg.runs_dir, cfg.name)
+    if which == "best":
+        path = best_checkpoint(paths)
+        if not path.exists():
+            raise CheckpointError(f"no trained model in {paths.root}; run the train stage first")
+        state = load_checkpoint(path)
+    else:
+        found = newest_loadable(paths)
+        if found is None:
+            raise CheckpointError(f"no loadable checkpoint in {paths.checkpoints}; run the train stage first")
+        state = found[1]
+    model = DLDKDStudent(StudentConfig(**state["student_config"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return model, state.get("branch", eval_branch(cfg.train)), state
+
