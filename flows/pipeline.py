@@ -10,8 +10,8 @@ from configs.schema import load_config
 from flows.extract import extract_flow_for
 from stages.manifest import load_manifest
 
-Stage = Literal["extract"]
-ALL_STAGES: list[Stage] = ["extract"]
+Stage = Literal["extract", "teacher", "train", "evaluate"]
+ALL_STAGES: list[Stage] = ["extract", "teacher", "train", "evaluate"]
 
 
 @flow(name="prvr", log_prints=True)
@@ -21,11 +21,20 @@ def prvr_flow(
     overrides: dict[str, Any] | None = None,
 ) -> dict:
     """Run the pipeline's stages in order; `overrides` are dotted keys, e.g. {"extract.fps": 2}."""
+    from flows.model import evaluate_flow, teacher_flow, train_flow
+
     cfg = load_config(config_path, overrides or {})
     load_manifest(cfg.dataset.root)  # validated at the door, before any work
     wanted = [s for s in ALL_STAGES if s in (stages or ALL_STAGES)]
     get_run_logger().info("run %s: stages %s, store %s", cfg.name, wanted, cfg.store)
     results: dict[str, Any] = {}
+    # Each subflow raises on failure, so a later stage never starts after a failed one.
     if "extract" in wanted:
         results["extract"] = extract_flow_for(cfg)(cfg)
+    if "teacher" in wanted:
+        results["teacher"] = teacher_flow(cfg)
+    if "train" in wanted:
+        results["train"] = train_flow(cfg)
+    if "evaluate" in wanted:
+        results["evaluate"] = {k: v for k, v in evaluate_flow(cfg).items() if k != "files"}
     return results

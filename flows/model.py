@@ -1,0 +1,88 @@
+"""Subflows downstream of extraction: teacher cache, student training, evaluation."""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
+)
+
+from configs.schema import RunConfig
+from stages import evaluate as ev
+from stages import teacher as tc
+from stages import train as tr
+from stages.extract import extraction_status
+from stages.manifest import load_manifest
+
+
+class StoreIncomplete(RuntimeError):
+    """Downstream stages never start on a partial feature store."""
+
+
+def require_complete_store(config: RunConfig) -> None:
+    status = extraction_status(config, load_manifest(config.dataset.root))
+    if not status["complete"]:
+        missing = [s["shard"] for s in status["shards"] if s["state"] != "committed"]
+        raise StoreIncomplete(f"the feature store {config.store} is incomplete (shards not committed: {missing}; "
+                              f"text: {status['text']}); run the extract stage first")
+
+
+@task(name="teacher-cache", task_run_name="teacher-cache-{teacher}-{split}", retries=1)
+def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
+    result = tc.build_teacher_cache(config, teacher, split)
+    get_run_logger().info("teacher %s / %s: %s", teacher, split, "unchanged, skipped" if result["skipped"] else
+                          f"{result['queries']} x {result['videos']} in {result['seconds']:.1f}s")
+    return result
+
+
+@flow(name="teacher")
+def teacher_flow(config: RunConfig) -> list[dict]:
+    require_complete_store(config)
+    splits = load_manifest(config.dataset.root).splits()
+    futures = [teacher_cache_task.submit(config, key, split) for key in tc.teacher_keys(config) for split in splits]
+    return [f.result() for f in futures]
+
+
+@task(name="train-student", retries=1)
+def train_task(config: RunConfig) -> dict:
+    logger = get_run_logger()
+    progress_id = create_progress_artifact(0.0, key="train-progress", description=f"epochs of {config.name}")
+
+    def on_epoch(record: dict) -> None:
+        done = 100.0 if record["early_stopped"] else 100.0 * (record["epoch"] + 1) / record["epochs"]
+        update_progress_artifact(progress_id, done, description=f"epoch {record['epoch']}: val SumR "
+                                 f"{record['val_SumR']:.1f} (best epoch {record['best_epoch']})")
+        logger.info("epoch %d: loss %.4f, distill weight %.4f, val SumR %.2f", record["epoch"], record["loss"],
+                    record["distill_weight"], record["val_SumR"])
+
+    summary = tr.train(config, on_epoch=on_epoch)
+    update_progress_artifact(progress_id, 100.0)
+    rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
+    create_table_artifact(rows, key="train-history", description=f"per-epoch training of {config.name}")
+    return {k: v for k, v in summary.items() if k != "history"}
+
+
+@flow(name="train")
+def train_flow(config: RunConfig) -> dict:
+    require_complete_store(config)
+    return train_task(config)
+
+
+@task(name="evaluate-student")
+def evaluate_task(config: RunConfig) -> dict:
+    from stages.report import metrics_table_rows
+
+    logger = get_run_logger()
+    summary = ev.evaluate_run(config, progress=logger.info)
+    create_table_artifact(metrics_table_rows(summary), key="metrics", description=f"{config.name}: {summary['split']}")
+    report = summary["files"].get("report")
+    if report:
+        with open(report, encoding="utf-8") as f:
+            create_markdown_artifact(f.read(), key="report", description=f"report of {config.name}")
+    return summary
+
+
+@flow(name="evaluate")
+def evaluate_flow(config: RunConfig) -> dict:
+    require_complete_store(config)
+    return evaluate_task(config)
