@@ -15,6 +15,7 @@ indices from the stream's frame count and average frame rate alone.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -23,6 +24,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -57,6 +59,7 @@ _TAIL_SLACK_S = 0.5
 _MAX_SELECT_TERMS = 256
 # A fresh worker must import numpy/decord; a generous bound, independent of timeout_s.
 _WORKER_BOOT_TIMEOUT_S = 120.0
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class DecodeError(Exception):
@@ -504,8 +507,27 @@ def _decode_request(request: DecodeRequest) -> DecodedVideo | DecodeFailure:
         return DecodeFailure(request.key, f"{request.path}: unexpected {type(error).__name__}: {_one_line(str(error))}")
 
 
-def _worker_main(conn: multiprocessing.connection.Connection) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux only).
+
+    A worker stuck in a decoder loop cannot notice on its own that the parent was
+    killed. The signal is tied to the parent *thread* that started us, which is why
+    only the pool's dispatcher thread (alive as long as the pool) starts workers.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
     """Worker process: decode requests one at a time until told to stop."""
+    _die_with_parent(parent_pid)
     try:
         # Own process group, so a kill also takes any ffmpeg child with it.
         os.setpgrp()
@@ -571,9 +593,8 @@ class DecodePool:
 
     Uses the 'spawn' start method: scripts that create a pool need the usual
     ``if __name__ == "__main__":`` guard. Workers leave their parent's process group
-    (terminal Ctrl-C reaches only the parent, which then closes the pool); if the
-    parent itself is SIGKILLed, idle workers exit at once and busy ones after their
-    current video.
+    (terminal Ctrl-C reaches only the parent, which then closes the pool); on Linux
+    the kernel kills them if the parent dies, even mid-hang.
     """
 
     def __init__(self, workers: int = 2, timeout_s: float = 300.0) -> None:
@@ -592,7 +613,7 @@ class DecodePool:
         self._failure: BaseException | None = None
         self._wake_reader, self._wake_writer = self._context.Pipe(duplex=False)
         self._wake_lock = threading.Lock()
-        self._pool: list[_Worker] = [self._start_worker() for _ in range(workers)]  # dispatcher-owned
+        self._pool: list[_Worker] = []  # owned by the dispatcher thread, which starts every worker
         self._dispatcher = threading.Thread(target=self._dispatch_loop, name="prvr-decode-dispatch", daemon=True)
         self._dispatcher.start()
         atexit.register(self.close)
@@ -600,6 +621,10 @@ class DecodePool:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the current workers (for monitoring; they change on replacement)."""
+        return [worker.process.pid for worker in list(self._pool)]
 
     def __enter__(self) -> DecodePool:
         return self
@@ -687,13 +712,16 @@ class DecodePool:
 
     def _start_worker(self) -> _Worker:
         parent_end, child_end = self._context.Pipe(duplex=True)
-        process = self._context.Process(target=_worker_main, args=(child_end,), name="prvr-decode-worker", daemon=True)
+        process = self._context.Process(
+            target=_worker_main, args=(child_end, os.getpid()), name="prvr-decode-worker", daemon=True
+        )
         process.start()
         child_end.close()
         return _Worker(process=process, conn=parent_end, deadline=time.monotonic() + _WORKER_BOOT_TIMEOUT_S)
 
     def _dispatch_loop(self) -> None:
         try:
+            self._pool = [self._start_worker() for _ in range(self.workers)]
             while True:
                 with self._cond:
                     if self._closing:

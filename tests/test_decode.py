@@ -9,8 +9,12 @@ cannot pass the "same frames" checks below.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +382,77 @@ def test_pool_reads_at_most_prefetch_requests_ahead(videos):
         keys = [req.key for req, _ in pool.imap([request("x", videos["mkv"]), request("y", videos["mp4"])])]
         assert keys == ["x", "y"]
         assert list(pool.imap([])) == []
+
+
+ORPHAN_SCRIPT = """
+import sys, threading
+from stages.decode import DecodePool, DecodeRequest
+
+def request(key, path):
+    return DecodeRequest(key, path, 1.0, 4, 64, None, 1)
+
+if __name__ == "__main__":
+    pool = DecodePool(workers=2, timeout_s=600)
+    list(pool.imap([request("ok", sys.argv[1]), request("ok2", sys.argv[1])]))  # both workers up
+    threading.Thread(target=lambda: list(pool.imap([request("hang", sys.argv[2])])), daemon=True).start()
+    while True:  # peek at the queue (test only): once it is empty, a worker holds the hang request
+        with pool._cond:
+            if pool._jobs and not pool._pending:
+                break
+        threading.Event().wait(0.01)
+    print(*pool.worker_pids(), flush=True)
+    threading.Event().wait()
+"""
+
+
+def process_is_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # a zombie is dead, just not yet reaped
+
+
+@pytest.mark.slow  # SIGKILLs a process
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux-only")
+def test_workers_die_with_a_killed_parent_even_mid_hang(tmp_path, videos, monkeypatch):
+    monkeypatch.setenv(HANG_DRILL_ENV, "hang-drill")
+    hang = shutil.copy(videos["mp4"], tmp_path / "hang-drill.mp4")
+    script = tmp_path / "orphans.py"
+    script.write_text(ORPHAN_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    parent = subprocess.Popen(
+        [sys.executable, str(script), str(videos["mp4"]), str(hang)], cwd=root, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        worker_pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(worker_pids) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 60  # liveness bound, not a speed check
+    while not all(process_is_gone(pid) for pid in worker_pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(process_is_gone(pid) for pid in worker_pids)
+
+
+def test_pool_serves_several_threads_at_once(videos):
+    names = ["mp4", "webm", "mkv", "gray_mp4"]
+    outcomes: dict[str, list[tuple[str, bool]]] = {}
+
+    def consume(label: str) -> None:
+        requests = [request(f"{label}-{name}", videos[name]) for name in names]
+        outcomes[label] = [(req.key, isinstance(res, DecodedVideo)) for req, res in pool.imap(requests, prefetch=2)]
+
+    with DecodePool(workers=2, timeout_s=60) as pool:
+        threads = [threading.Thread(target=consume, args=(label,)) for label in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for label in ("a", "b"):
+        assert outcomes[label] == [(f"{label}-{name}", True) for name in names]
 
 
 def test_pool_arguments_and_closing(videos):
