@@ -103,6 +103,31 @@ def status(
 
 
 @app.command()
+def search(
+    config: Path = typer.Argument(..., help="YAML run config of a trained run"),
+    text: str = typer.Argument(..., help="what happens in the moment you look for"),
+    top: int = typer.Option(10, "--top", "-k", min=1),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Rank the stored videos for a sentence with the trained student; show the matching moment."""
+    from stages.search import search as run_search
+    from storage.checkpoints import CheckpointError
+    from storage.features import StoreError
+
+    cfg, _ = _load(config, set_ or [])
+    try:
+        hits = run_search(cfg, text, top)
+    except (ValueError, StoreError, CheckpointError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps([h.__dict__ for h in hits], indent=2))
+        return
+    for h in hits:
+        typer.echo(f"{h.rank:3d}. {h.video_id:20s} score {h.score:7.4f}   moment {h.moment[0]:6.1f}s - {h.moment[1]:6.1f}s")
+
+
+@app.command()
 def synth(
     out: Path = typer.Argument(..., help="folder for the world: videos/, videos.jsonl, queries.jsonl"),
     videos: Optional[int] = typer.Option(None, "--videos", "-n", help="number of videos (default: the preset's)"),

@@ -57,16 +57,50 @@ class SplitData:
         return {k: v.to(device) for k, v in out.items()}
 
 
-def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: FeatureStore | None = None) -> SplitData:
+@dataclass
+class Gallery:
+    video_ids: list[str]
+    video: torch.Tensor  # (N, T, Dv) float16
+    video_mask: torch.Tensor  # (N, T) bool
+    times: torch.Tensor  # (N, T) seconds
+    durations: np.ndarray  # (N,)
+
+
+def load_videos(cfg: RunConfig, splits: list[str], store: FeatureStore | None = None) -> Gallery:
+    """The student's view of the videos of some splits, padded to one length."""
     store = store or FeatureStore(cfg.store)
     max_frames = cfg.train.max_frames or cfg.extract.max_frames
-    parts = [store.padded(split, visual_feature(v), max_frames=max_frames, dtype=np.float16) for v in cfg.train.visual]
-    first = parts[0]
-    for p in parts[1:]:
-        if p.video_ids != first.video_ids:
+    per_split = []
+    for split in splits:
+        if not store.split_video_ids(split):
+            continue
+        parts = [store.padded(split, visual_feature(v), max_frames=max_frames, dtype=np.float16) for v in cfg.train.visual]
+        if any(p.video_ids != parts[0].video_ids for p in parts):
             raise StoreError("visual features disagree on the videos of a split")
-    video = np.concatenate([p.features for p in parts], axis=-1)
-    index = {vid: i for i, vid in enumerate(first.video_ids)}
+        per_split.append((parts[0], np.concatenate([p.features for p in parts], axis=-1)))
+    if not per_split:
+        raise StoreError(f"no videos of splits {splits} in {store.location}")
+    t_max = max(p.mask.shape[1] for p, _ in per_split)
+
+    def pad(a: np.ndarray) -> np.ndarray:
+        width = [(0, 0), (0, t_max - a.shape[1])] + [(0, 0)] * (a.ndim - 2)
+        return np.pad(a, width)
+
+    locations = store.video_index()
+    video_ids = [vid for p, _ in per_split for vid in p.video_ids]
+    return Gallery(
+        video_ids=video_ids,
+        video=torch.from_numpy(np.concatenate([pad(f) for _, f in per_split])),
+        video_mask=torch.from_numpy(np.concatenate([pad(p.mask) for p, _ in per_split])),
+        times=torch.from_numpy(np.concatenate([pad(p.times) for p, _ in per_split])),
+        durations=np.array([locations[v].duration for v in video_ids], dtype=np.float32),
+    )
+
+
+def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: FeatureStore | None = None) -> SplitData:
+    store = store or FeatureStore(cfg.store)
+    videos = load_videos(cfg, [split], store)
+    index = {vid: i for i, vid in enumerate(videos.video_ids)}
 
     text = store.text(split)
     keep = [i for i, vid in enumerate(text.video_ids) if vid in index]  # queries of videos left out have no video
@@ -75,13 +109,12 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
     tokens, lengths = tokens[keep], lengths[keep]
     token_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
     query_video = np.array([index[text.video_ids[i]] for i in keep], dtype=np.int64)
-    locations = store.video_index()
     data = SplitData(
-        split=split, video_ids=first.video_ids, video=torch.from_numpy(video), video_mask=torch.from_numpy(first.mask),
-        times=torch.from_numpy(first.times), query_ids=[text.query_ids[i] for i in keep],
+        split=split, video_ids=videos.video_ids, video=videos.video, video_mask=videos.video_mask,
+        times=videos.times, query_ids=[text.query_ids[i] for i in keep],
         texts=[text.texts[i] for i in keep], tokens=torch.from_numpy(tokens), token_mask=torch.from_numpy(token_mask),
         query_video=torch.from_numpy(query_video), moments=text.moments[keep],
-        durations=np.array([locations[v].duration for v in first.video_ids], dtype=np.float32),
+        durations=videos.durations,
     )
     if teachers:
         from storage.teacher_cache import TeacherCache
