@@ -15,7 +15,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -111,15 +111,17 @@ def _json_text(value: Any) -> str:
 # ---- files ------------------------------------------------------------------------
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    # os.open with mode 0o666 honours the umask (tempfile would leave the file 0600).
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with handle:
+        with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(handle.name, path)
+        os.replace(temp, path)
     except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
+        temp.unlink(missing_ok=True)
         raise
 
 
@@ -150,7 +152,7 @@ def _render_png(draw, width: float = 7.0, height: float = 4.2) -> bytes:
 
     # Default style regardless of a user's matplotlibrc, for reproducible images.
     with matplotlib.style.context("default"):
-        figure = Figure(figsize=(width, height), dpi=100)
+        figure = Figure(figsize=(width, height), dpi=110)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
         draw(axes)
@@ -234,7 +236,7 @@ def _draw_recall(axes, metrics: Mapping[str, Any]) -> None:
         label = f"{name} (SumR {sumr:.1f})" if math.isfinite(sumr) else name
         bars = axes.bar(offsets, heights, width=bar_width, label=label)
         axes.bar_label(bars, labels=[f"{h:.1f}" if math.isfinite(h) else "" for h in heights],
-                       fontsize=6, padding=1, rotation=90 if len(methods) > 3 else 0)
+                       fontsize=7, padding=1, rotation=90 if len(methods) > 3 else 0)
     axes.set_xticks(range(len(columns)), columns)
     axes.set_ylabel("recall (%)")
     axes.set_ylim(0, 115)  # headroom for the bar labels
