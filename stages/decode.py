@@ -342,7 +342,10 @@ def _rotation(stream: dict[str, Any]) -> int:
 def _video_stream(path: Path) -> _VideoStream:
     info = _probe(path)
     streams = info.get("streams", [])
-    videos = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
+    # A cover picture is stored as a one-frame "video" stream; it is not the video.
+    videos = [
+        s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")
+    ]
     if not videos:
         kinds = sorted({s.get("codec_type", "unknown") for s in streams})
         found = ", ".join(kinds) if kinds else "no streams at all"
@@ -354,8 +357,11 @@ def _video_stream(path: Path) -> _VideoStream:
     num_frames = int(stream.get("nb_frames") or 0)
     if num_frames < 1:
         # Matroska/WebM do not store a frame count; counting packets only demuxes.
-        counted = ffmpeg.probe(str(path), count_packets=None, select_streams=str(stream["index"]))
-        num_frames = int(counted["streams"][0].get("nb_read_packets") or 0)
+        try:
+            counted = ffmpeg.probe(str(path), count_packets=None, select_streams=str(stream["index"]))
+            num_frames = int(counted["streams"][0].get("nb_read_packets") or 0)
+        except (ffmpeg.Error, LookupError, ValueError):
+            num_frames = 0  # estimate from the duration below
     if num_frames < 1:
         duration = float(stream.get("duration") or info.get("format", {}).get("duration") or 0)
         num_frames = math.floor(duration * avg_fps + 0.5)
@@ -391,7 +397,9 @@ def _read_exactly(pipe: Any, buffer: memoryview) -> bool:
     return True
 
 
-def _ffmpeg_frames(path: Path, stream_index: int, wanted: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, str]:
+def _ffmpeg_frames(
+    path: Path, stream_index: int, wanted: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, int, str]:
     """Decode `wanted` frame indices; returns (frames, how many decoded, ffmpeg's errors)."""
     runs = _select_runs(wanted)
     expression = "+".join(f"between(n,{start},{end})" for start, end in runs)
@@ -453,7 +461,9 @@ def _decode_with_ffmpeg(
                 f"({first_missing / stream.avg_fps:.1f}s) of {stream.num_frames} "
                 f"({stream.num_frames / stream.avg_fps:.1f}s)"
             )
-        log.info("%s: last %d needed frames do not decode; reusing frame %d", path, len(wanted) - decoded, wanted[decoded - 1])
+        log.info(
+            "%s: last %d needed frames do not decode; reusing frame %d", path, len(wanted) - decoded, wanted[decoded - 1]
+        )
         frames[decoded:] = frames[decoded - 1]
     return DecodedVideo(
         frames=frames,
@@ -867,7 +877,8 @@ _shared_pool_lock = threading.Lock()
 
 def get_decode_pool(workers: int, timeout_s: float) -> DecodePool:
     """Process-wide pool reused across shards and tasks, so worker processes (and what
-    they load) start once; recreated only if the settings differ."""
+    they load) start once; recreated only if the settings differ (the old pool is
+    closed then, failing any iteration still running on it)."""
     global _shared_pool
     with _shared_pool_lock:
         pool = _shared_pool
