@@ -76,63 +76,78 @@ def shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}")
 
 
-@lru_cache(maxsize=512)
-def _coverage(shape: str, cx: float, cy: float, radius: float, angle: float, width: int, height: int) -> tuple[int, int, np.ndarray] | None:
-    """(row0, col0, alpha patch) of a shape centred at pixel coordinates (cx, cy). Cached:
-    a resting object has the same pose frame after frame."""
-    reach = radius * REACH + 1.0
-    x0, x1 = max(0, int(math.floor(cx - reach))), min(width, int(math.ceil(cx + reach)))
-    y0, y1 = max(0, int(math.floor(cy - reach))), min(height, int(math.ceil(cy + reach)))
-    if x0 >= x1 or y0 >= y1:
-        return None
-    xs = np.arange(x0, x1, dtype=np.float64) + 0.5 - cx
-    ys = np.arange(y0, y1, dtype=np.float64) + 0.5 - cy
-    dx, dy = np.meshgrid(xs, ys)
+SUBPIXEL = 4  # centres snap to quarter pixels: patches repeat as objects glide
+
+
+@lru_cache(maxsize=4096)
+def _patch(shape: str, frac_x: float, frac_y: float, radius: float, angle: float, rgb: tuple[int, int, int]) -> tuple[int, np.ndarray, np.ndarray]:
+    """(half, 1 - alpha, alpha * colour) for a shape whose centre lies `frac` past a pixel
+    corner; the patch spans [-half, half) pixels around that corner. Moving objects reuse
+    the same few patches (shift invariance), so only scaling and turning cost a new one."""
+    half = int(math.ceil(radius * REACH + 1.0))
+    offsets = np.arange(-half, half, dtype=np.float64) + 0.5
+    dx = (offsets - frac_x)[None, :]
+    dy = (offsets - frac_y)[:, None]
     theta = math.radians(angle)
     # Into the shape's frame: rotate by -angle; on screen (y down) +angle looks counter-clockwise.
     u = (dx * math.cos(theta) - dy * math.sin(theta)) / radius
     v = (dx * math.sin(theta) + dy * math.cos(theta)) / radius
-    alpha = np.clip(0.5 - shape_distance(shape, u, v) * radius, 0.0, 1.0).astype(np.float32)
-    alpha.setflags(write=False)
-    return y0, x0, alpha
+    alpha = np.clip(0.5 - shape_distance(shape, u, v) * radius, 0.0, 1.0).astype(np.float32)[..., None]
+    keep = 1.0 - alpha
+    paint = alpha * np.asarray(rgb, dtype=np.float32)
+    keep.setflags(write=False)
+    paint.setflags(write=False)
+    return half, keep, paint
+
+
+def _snap(coordinate: float) -> tuple[int, float]:
+    whole = math.floor(coordinate)
+    frac = round((coordinate - whole) * SUBPIXEL) / SUBPIXEL
+    if frac >= 1.0:
+        whole, frac = whole + 1, 0.0
+    return whole, frac
 
 
 def _paint(image: np.ndarray, shape: str, x: float, y: float, diameter: float, angle: float, rgb: tuple[int, int, int]) -> None:
     height, width = image.shape[:2]
-    side = min(width, height)
-    radius = max(diameter * side / 2.0, 0.5)
-    patch = _coverage(shape, x * width, y * height, radius, angle, width, height)
-    if patch is None:
+    radius = round(max(diameter * min(width, height) / 2.0, 0.5), 2)
+    col, frac_x = _snap(x * width)
+    row, frac_y = _snap(y * height)
+    half, keep, paint = _patch(shape, frac_x, frac_y, radius, round(angle % 360.0, 1), rgb)
+    top, left = row - half, col - half
+    r0, c0 = max(top, 0), max(left, 0)
+    r1, c1 = min(top + 2 * half, height), min(left + 2 * half, width)
+    if r0 >= r1 or c0 >= c1:
         return
-    y0, x0, alpha = patch
-    region = image[y0:y0 + alpha.shape[0], x0:x0 + alpha.shape[1]]
-    a = alpha[..., None]
-    region *= 1.0 - a
-    region += a * np.asarray(rgb, dtype=np.float32)
+    region = image[r0:r1, c0:c1]
+    region *= keep[r0 - top:r1 - top, c0 - left:c1 - left]
+    region += paint[r0 - top:r1 - top, c0 - left:c1 - left]
 
 
 @lru_cache(maxsize=64)
-def _stripe_phase(width: int, height: int, angle: float, period: float) -> tuple[np.ndarray, np.ndarray]:
-    """sin and cos of each pixel's phase across the stripes, at t = 0."""
+def _stripe_terms(bg: Background, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """base, base*c*sin(phase), base*c*cos(phase) per pixel and channel, at t = 0."""
     side = min(width, height)
     xs = (np.arange(width, dtype=np.float64) + 0.5) / side
     ys = (np.arange(height, dtype=np.float64) + 0.5) / side
-    gx, gy = np.meshgrid(xs, ys)
-    phase = 2.0 * math.pi * (gx * math.cos(angle) + gy * math.sin(angle)) / period
-    sin, cos = np.sin(phase).astype(np.float32), np.cos(phase).astype(np.float32)
-    sin.setflags(write=False)
-    cos.setflags(write=False)
-    return sin, cos
+    phase = 2.0 * math.pi * (xs[None, :] * math.cos(bg.stripe_angle) + ys[:, None] * math.sin(bg.stripe_angle)) / bg.stripe_period
+    base = np.broadcast_to(np.asarray(bg.rgb, dtype=np.float64), (height, width, 3))
+    terms = (base, base * bg.stripe_contrast * np.sin(phase)[..., None], base * bg.stripe_contrast * np.cos(phase)[..., None])
+    frozen = tuple(np.ascontiguousarray(x, dtype=np.float32) for x in terms)
+    for x in frozen:
+        x.setflags(write=False)
+    return frozen
 
 
 def background_frame(bg: Background, width: int, height: int, t: float) -> np.ndarray:
-    """Base colour times soft stripes drifting along their normal; sin(a - b) is expanded
-    so a frame costs two multiply-adds instead of a sine per pixel."""
-    sin, cos = _stripe_phase(width, height, bg.stripe_angle, bg.stripe_period)
+    """base * (1 + c * sin(phase - shift)): stripes drifting along their normal. The sine of
+    a difference is expanded so a frame costs two multiply-adds instead of a sine per pixel."""
+    base, sin_part, cos_part = _stripe_terms(bg, width, height)
     shift = 2.0 * math.pi * bg.stripe_speed * t / bg.stripe_period
-    wave = sin * np.float32(math.cos(shift)) - cos * np.float32(math.sin(shift))
-    shade = np.float32(1.0) + np.float32(bg.stripe_contrast) * wave
-    return shade[..., None] * np.asarray(bg.rgb, dtype=np.float32)
+    image = sin_part * np.float32(math.cos(shift))
+    image -= cos_part * np.float32(math.sin(shift))
+    image += base
+    return image
 
 
 def render_frame(scene: Scene, t: float) -> np.ndarray:

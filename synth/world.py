@@ -205,8 +205,9 @@ def _event_params(action: str, rng: np.random.Generator) -> dict[str, float]:
         # 35-60 deg/s: at 1 fps sampling no shape's symmetry (72, 90, 120 deg) hides it.
         return {"degrees_per_s": _uniform(rng, 35.0, 60.0) * float(rng.choice([-1.0, 1.0]))}
     if action == "blink":
-        # Half periods away from multiples of 0.5 s, so 1 fps sampling sees both states.
-        return {"half_period": _uniform(rng, 0.6, 0.85)}
+        # Just under a second on and off: frames sampled once a second (the usual rate of
+        # feature extraction) then alternate between on and off instead of aliasing.
+        return {"half_period": _uniform(rng, 0.9, 1.0)}
     if action == "bounce":
         return {"height": _uniform(rng, 0.15, 0.24), "period": _uniform(rng, 1.3, 1.8)}
     if action == "sway":
@@ -436,3 +437,39 @@ def load_scenes(world: Path) -> list[Scene]:
     path = Path(world) / SCENES_FILE
     with path.open(encoding="utf-8") as f:
         return [Scene.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+@dataclass(frozen=True)
+class Still:
+    """One frame's worth of world for the teacher: a one-frame scene, the time to draw it at,
+    and the objects its caption names."""
+
+    scene: Scene
+    t: float
+    named: tuple[Actor, ...]
+
+
+def plan_still(rng: np.random.Generator, preset: Preset, two_objects_p: float = 0.45) -> Still:
+    """A frame like those of the videos (background, specks, one or two resting objects at
+    any orientation), without events: what a still can show is appearance and place."""
+    # Any moment of the drifting background and wandering specks.
+    t = _uniform(rng, 0.0, 60.0)
+    background = plan_background(rng)
+    specks = _specks(rng, preset)
+    taken: list[Footprint] = []
+    actors = []
+    for k in range(2 if rng.random() < two_objects_p else 1):
+        colour, shape = str(rng.choice(preset.colours)), str(rng.choice(preset.shapes))
+        size = str(rng.choice(tuple(SIZES)))
+        x, y = _place(rng, SIZES[size], (0, 0, 0, 0, 1.0), (0.0, t + 1.0), taken)
+        # Spinning objects show every orientation, so stills do too (half of them).
+        angle = _uniform(rng, 0, 360) if rng.random() < 0.5 else _uniform(rng, -15, 15)
+        actors.append(Actor(
+            object_id=f"still{k}", colour=colour, shape=shape, size=size, x=x, y=y, angle=angle,
+            appear=0.0, vanish=t + 1.0,
+        ))
+    scene = Scene(
+        video_id="still", split="", width=preset.width, height=preset.height, fps=preset.fps,
+        frames=1, background=background, specks=specks, actors=tuple(actors),
+    )
+    return Still(scene=scene, t=t, named=tuple(actors))
