@@ -397,6 +397,30 @@ class FeatureStore:
         """Snapshot all metadata in the root (one read for remote readers); call after a stage finished."""
         zarr.consolidate_metadata(self.root.store)
 
+    # ---- committed identities and lazy sentences (for derived caches) --------
+    def committed_shard_fingerprint(self, index: int) -> str | None:
+        """The fingerprint in a shard's commit marker; None while it is not committed."""
+        committed = (self._shard_attrs(index) or {}).get("committed")
+        return committed.get("fingerprint") if committed else None
+
+    def committed_text_fingerprint(self, split: str) -> str | None:
+        """The fingerprint in a text split's commit marker; None while it is not committed."""
+        if "text" not in self.root or split not in self.root["text"]:
+            return None
+        committed = self.root["text"][split].attrs.get("committed")
+        return committed.get("fingerprint") if committed else None
+
+    def dask_sentences(self, split: str, teacher: str, rows_per_block: int):
+        """A split's teacher sentence embeddings (Q, D) as a dask array read lazily from Zarr."""
+        import dask.array as da
+
+        group = self.text(split).group
+        name = f"sentence.{teacher}"
+        if name not in group:
+            raise StoreError(f"{group.path}: no array {name!r}; present: {sorted(group.array_keys())}")
+        arr = group[name]
+        return da.from_zarr(arr, chunks=(max(1, rows_per_block), arr.shape[1]))
+
 
 class TextWriter:
     """Writes a split's text arrays batch by batch; `commit` marks it complete."""
