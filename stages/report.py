@@ -13,11 +13,15 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import re
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 RECALL_COLUMNS: tuple[str, ...] = ("R@1", "R@5", "R@10", "R@100", "SumR")
 PLOT_NAMES: tuple[str, ...] = ("losses", "val_sumr", "distill_weight", "recall")
@@ -53,7 +57,7 @@ def _format_cell(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, float) or type(value).__name__.startswith("float"):
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         value = float(value)
         if not math.isfinite(value):
             return str(value)
@@ -138,14 +142,14 @@ def _epochs(history: Sequence[Mapping[str, Any]]) -> list[float]:
     return [_number(row.get("epoch", index)) for index, row in enumerate(history)]
 
 
-def _series_keys(history: Sequence[Mapping[str, Any]], predicate) -> list[str]:
+def _series_keys(history: Sequence[Mapping[str, Any]], predicate: Callable[[str], bool]) -> list[str]:
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if predicate(k) and k not in keys and math.isfinite(_number(row[k])))
     return keys
 
 
-def _render_png(draw, width: float = 7.0, height: float = 4.2) -> bytes:
+def _render_png(draw: Callable[[Axes], None], width: float = 7.0, height: float = 4.2) -> bytes:
     import matplotlib.style
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -162,13 +166,13 @@ def _render_png(draw, width: float = 7.0, height: float = 4.2) -> bytes:
     return buffer.getvalue()
 
 
-def _no_data(axes, what: str) -> None:
+def _no_data(axes: Axes, what: str) -> None:
     axes.text(0.5, 0.5, f"no {what} recorded", ha="center", va="center", transform=axes.transAxes, color="0.4")
     axes.set_xticks([])
     axes.set_yticks([])
 
 
-def _draw_losses(axes, history: Sequence[Mapping[str, Any]]) -> None:
+def _draw_losses(axes: Axes, history: Sequence[Mapping[str, Any]]) -> None:
     keys = _series_keys(history, lambda k: k == "loss" or k.startswith("loss_"))
     axes.set_title("Training losses per epoch")
     if not keys:
@@ -188,7 +192,7 @@ def _draw_losses(axes, history: Sequence[Mapping[str, Any]]) -> None:
     axes.legend(fontsize="small")
 
 
-def _draw_val_sumr(axes, history: Sequence[Mapping[str, Any]]) -> None:
+def _draw_val_sumr(axes: Axes, history: Sequence[Mapping[str, Any]]) -> None:
     axes.set_title("Validation SumR per epoch")
     epochs = _epochs(history)
     values = [_number(row.get("val_SumR")) for row in history]
@@ -206,7 +210,7 @@ def _draw_val_sumr(axes, history: Sequence[Mapping[str, Any]]) -> None:
     axes.legend(fontsize="small")
 
 
-def _draw_distill_weight(axes, history: Sequence[Mapping[str, Any]]) -> None:
+def _draw_distill_weight(axes: Axes, history: Sequence[Mapping[str, Any]]) -> None:
     axes.set_title("Distillation weight per epoch")
     epochs = _epochs(history)
     values = [_number(row.get("distill_weight")) for row in history]
@@ -220,7 +224,7 @@ def _draw_distill_weight(axes, history: Sequence[Mapping[str, Any]]) -> None:
     axes.grid(True, alpha=0.3)
 
 
-def _draw_recall(axes, metrics: Mapping[str, Any]) -> None:
+def _draw_recall(axes: Axes, metrics: Mapping[str, Any]) -> None:
     axes.set_title("Recall@K per method (video-level, %)")
     methods: Mapping[str, Mapping[str, Any]] = metrics.get("methods") or {}
     columns = [c for c in _recall_columns(methods) if c != "SumR"]
