@@ -53,7 +53,8 @@ def evaluate_student(model, data: SplitData, branch: str, device: torch.device |
         q = {k: v[sl] for k, v in queries.items()}
         return model.score_encoded(q, gallery, mask, branch).float().cpu().numpy()
 
-    return evaluate_chunked(score_chunk, data.query_video.numpy(), chunk=chunk)
+    # Pessimistic ties: a collapsed model that scores every video alike must not look perfect.
+    return evaluate_chunked(score_chunk, data.query_video.numpy(), chunk=chunk, ties="pessimistic")
 
 
 def own_video_frame_scores(model, queries: dict[str, torch.Tensor], frames: dict[str, torch.Tensor],
@@ -107,7 +108,7 @@ def teacher_zero_shot(store: FeatureStore, teacher: str, split: str, data: Split
     row = {qid: i for i, qid in enumerate(query_ids)}
     rows = np.array([row[q] for q in data.query_ids])
     positive = np.array([column[data.video_ids[v]] for v in data.query_video.numpy()])
-    metrics, _ = evaluate_chunked(lambda sl: sim[rows[sl]].astype(np.float32), positive)
+    metrics, _ = evaluate_chunked(lambda sl: sim[rows[sl]].astype(np.float32), positive, ties="pessimistic")
     return metrics
 
 
