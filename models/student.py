@@ -1,0 +1,261 @@
+"""The DL-DKD student: two independently parameterised PRVR branches of the same architecture.
+
+Each branch encodes a video into frame vectors and a query into one vector; the branch's score
+for a (query, video) pair is the maximum, over the video's valid frames, of the cosine between
+the query vector and the frame vector. The inheritance branch is also taught by the teacher
+(see models/losses.py), the exploration branch only by the labels; at inference the two
+branches' scores are fused as ``fusion * s_inheritance + (1 - fusion) * s_exploration``.
+
+Padding contract: padded frames / tokens (mask False) never change any output for the valid
+ones — they are masked as attention keys, in the pooling softmax and in the max over frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_NORM_EPS = 1e-12  # F.normalize's default; zero vectors get cosine 0 instead of NaN
+
+BRANCHES: tuple[str, ...] = ("inheritance", "exploration")
+SCORE_BRANCHES: tuple[str, ...] = ("fused", *BRANCHES)
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    video_dim: int
+    text_dim: int
+    hidden: int = 384
+    heads: int = 4
+    dropout: float = 0.1
+    max_frames: int = 128
+    max_tokens: int = 32
+    fusion: float = 0.7  # weight of the inheritance branch in the fused score
+
+    def __post_init__(self) -> None:
+        if self.hidden % self.heads != 0:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if not 0.0 <= self.fusion <= 1.0:
+            raise ValueError(f"fusion must be in [0, 1], got {self.fusion}")
+        for name in ("video_dim", "text_dim", "hidden", "heads", "max_frames", "max_tokens"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class BranchOutput:
+    frame_cos: Tensor  # (Q, B, T) cosine of each query with each frame of each video
+    video_cos: Tensor  # (Q, B) max over valid frames of frame_cos
+    video_dot: Tensor  # (Q, B) max over valid frames of un-normalised dot products (InfoNCE input)
+
+
+def _fill_value(dtype: torch.dtype) -> float:
+    # Finite rather than -inf so a row with no valid key still gives a finite (ignored) result, and
+    # exp(min - max) underflows to exactly 0, so masked entries contribute exactly nothing.
+    return torch.finfo(dtype).min
+
+
+class InputProjection(nn.Module):
+    """LayerNorm -> dropout -> Linear(in, hidden) -> ReLU, applied per frame / token."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(in_dim, hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.linear(self.dropout(self.norm(x))))
+
+
+class LearnedPositions(nn.Module):
+    """Adds a learned embedding per position, then LayerNorm and dropout (as in MS-SL's encoder)."""
+
+    def __init__(self, max_len: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(max_len, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        length = x.shape[1]
+        if length > self.embedding.num_embeddings:
+            raise ValueError(f"sequence of {length} positions exceeds the maximum of {self.embedding.num_embeddings}")
+        positions = self.embedding.weight[:length].unsqueeze(0)
+        return self.dropout(self.norm(x + positions))
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention, output Linear + residual + LayerNorm; no feed-forward sub-layer."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = hidden // heads
+        self.query_key_value = nn.Linear(hidden, 3 * hidden)  # one matmul for the three projections
+        self.attention_dropout = dropout
+        self.output = nn.Linear(hidden, hidden)
+        self.output_dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (N, L, H), mask (N, L) bool with True = valid; padded positions are never attended to."""
+        n, length, hidden = x.shape
+        # (N, L, 3H) -> three (N, heads, L, head_dim) views
+        q, k, v = self.query_key_value(x).view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Additive mask with a finite minimum: exp underflows to exactly 0 for padded keys, and a
+        # sequence with no valid key stays finite instead of NaN.
+        key_bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, _fill_value(x.dtype))
+        attended = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_bias[:, None, None, :], dropout_p=self.attention_dropout if self.training else 0.0
+        )
+        attended = attended.transpose(1, 2).reshape(n, length, hidden)
+        return self.norm(x + self.output_dropout(self.output(attended)))
+
+
+class Branch(nn.Module):
+    """One PRVR branch: a frame encoder for videos and a pooled encoder for queries."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.video_input = InputProjection(cfg.video_dim, cfg.hidden, cfg.dropout)
+        self.video_positions = LearnedPositions(cfg.max_frames, cfg.hidden, cfg.dropout)
+        self.video_attention = AttentionBlock(cfg.hidden, cfg.heads, cfg.dropout)
+        self.video_output = nn.Linear(cfg.hidden, cfg.hidden)
+
+        self.query_input = InputProjection(cfg.text_dim, cfg.hidden, cfg.dropout)
+        self.query_positions = LearnedPositions(cfg.max_tokens, cfg.hidden, cfg.dropout)
+        self.query_attention = AttentionBlock(cfg.hidden, cfg.heads, cfg.dropout)
+        self.query_pool_score = nn.Linear(cfg.hidden, 1)
+
+    def encode_videos(self, video: Tensor, video_mask: Tensor) -> Tensor:
+        """(B, T, Dv) features, (B, T) bool mask -> (B, T, H) frame vectors (not normalised)."""
+        x = self.video_positions(self.video_input(video))
+        x = self.video_attention(x, video_mask)
+        return self.video_output(x)
+
+    def encode_queries(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
+        """(Q, L, Dt) token features, (Q, L) bool mask -> (Q, H) query vectors (not normalised)."""
+        x = self.query_positions(self.query_input(tokens))
+        x = self.query_attention(x, token_mask)
+        pool_logits = self.query_pool_score(x).squeeze(-1)  # (Q, L)
+        pool_logits = pool_logits.masked_fill(~token_mask, _fill_value(pool_logits.dtype))
+        pool_weights = pool_logits.softmax(dim=-1)
+        return torch.einsum("ql,qlh->qh", pool_weights, x)
+
+    def forward(self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor) -> BranchOutput:
+        frames = self.encode_videos(video, video_mask)
+        queries = self.encode_queries(tokens, token_mask)
+        dots = frame_dot(queries, frames)
+        # cosine from the same dot products (one (Q,B,T) matmul instead of two)
+        norms = queries.norm(dim=-1)[:, None, None] * frames.norm(dim=-1)[None]
+        frame_cos = dots / norms.clamp(min=_NORM_EPS)
+        return BranchOutput(
+            frame_cos=frame_cos,
+            video_cos=max_over_frames(frame_cos, video_mask),
+            video_dot=max_over_frames(dots, video_mask),
+        )
+
+
+def frame_dot(queries: Tensor, frames: Tensor) -> Tensor:
+    """(Q, H) queries, (B, T, H) frames -> (Q, B, T) un-normalised dot products."""
+    return torch.einsum("qh,bth->qbt", queries, frames)
+
+
+def frame_cosine(queries: Tensor, frames: Tensor) -> Tensor:
+    """(Q, H) queries, (B, T, H) frames -> (Q, B, T) cosine similarities."""
+    return frame_dot(_unit(queries), _unit(frames))
+
+
+def _unit(x: Tensor) -> Tensor:
+    return F.normalize(x, dim=-1, eps=_NORM_EPS)
+
+
+def max_over_frames(frame_scores: Tensor, video_mask: Tensor) -> Tensor:
+    """(Q, B, T) scores, (B, T) bool mask -> (Q, B) max over each video's valid frames.
+
+    A video with no valid frame scores -inf (it can never be retrieved).
+    """
+    return frame_scores.masked_fill(~video_mask.unsqueeze(0), float("-inf")).amax(dim=-1)
+
+
+def _check_branch(branch: str) -> None:
+    if branch not in SCORE_BRANCHES:
+        raise ValueError(f"unknown branch {branch!r}; expected one of {SCORE_BRANCHES}")
+
+
+class DLDKDStudent(nn.Module):
+    """Inheritance and exploration branches (same class, separate parameters) with fused scoring."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.inheritance = Branch(cfg)
+        self.exploration = Branch(cfg)
+
+    def branch(self, name: str) -> Branch:
+        if name not in BRANCHES:
+            raise ValueError(f"unknown branch {name!r}; expected one of {BRANCHES}")
+        return self.inheritance if name == "inheritance" else self.exploration
+
+    def forward(self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor) -> dict[str, BranchOutput]:
+        return {name: self.branch(name)(video, video_mask, tokens, token_mask) for name in BRANCHES}
+
+    def _fuse(self, per_branch: dict[str, Tensor], branch: str) -> Tensor:
+        _check_branch(branch)
+        if branch != "fused":
+            return per_branch[branch]
+        return self.cfg.fusion * per_branch["inheritance"] + (1.0 - self.cfg.fusion) * per_branch["exploration"]
+
+    def _needed(self, branch: str) -> tuple[str, ...]:
+        _check_branch(branch)
+        return BRANCHES if branch == "fused" else (branch,)
+
+    # Encode-once helpers: evaluation encodes the gallery once and scores query chunks against it.
+    def encode_gallery(self, video: Tensor, video_mask: Tensor, branch: str = "fused") -> dict[str, Tensor]:
+        """-> {branch name: (B, T, H) L2-normalised frame vectors} for the branches `branch` needs."""
+        return {name: _unit(self.branch(name).encode_videos(video, video_mask)) for name in self._needed(branch)}
+
+    def encode_queries(self, tokens: Tensor, token_mask: Tensor, branch: str = "fused") -> dict[str, Tensor]:
+        """-> {branch name: (Q, H) L2-normalised query vectors} for the branches `branch` needs."""
+        return {name: _unit(self.branch(name).encode_queries(tokens, token_mask)) for name in self._needed(branch)}
+
+    def frame_scores_encoded(self, query_enc: dict[str, Tensor], video_enc: dict[str, Tensor], branch: str = "fused") -> Tensor:
+        """Normalised encodings from encode_queries / encode_gallery -> (Q, B, T) cosine frame scores."""
+        per_branch = {name: frame_dot(query_enc[name], video_enc[name]) for name in self._needed(branch)}
+        return self._fuse(per_branch, branch)
+
+    def score_encoded(
+        self, query_enc: dict[str, Tensor], video_enc: dict[str, Tensor], video_mask: Tensor, branch: str = "fused"
+    ) -> Tensor:
+        """Normalised encodings -> (Q, B) video scores.
+
+        Fusion is applied to the per-branch video scores (each branch's own max over frames), as
+        the method fuses s_inheritance and s_exploration, not frame scores before the max.
+        """
+        per_branch = {
+            name: max_over_frames(frame_dot(query_enc[name], video_enc[name]), video_mask) for name in self._needed(branch)
+        }
+        return self._fuse(per_branch, branch)
+
+    def scores(self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor, branch: str = "fused") -> Tensor:
+        """(Q, B) video scores of `branch` (fused | inheritance | exploration)."""
+        return self.score_encoded(
+            self.encode_queries(tokens, token_mask, branch), self.encode_gallery(video, video_mask, branch), video_mask, branch
+        )
+
+    def frame_scores(
+        self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor, branch: str = "fused"
+    ) -> Tensor:
+        """(Q, B, T) cosine frame scores (fused = weighted sum of the branches'); used for moment localisation.
+
+        Padded frames hold meaningless values; use video_mask to ignore them.
+        """
+        return self.frame_scores_encoded(
+            self.encode_queries(tokens, token_mask, branch), self.encode_gallery(video, video_mask, branch), branch
+        )
