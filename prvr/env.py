@@ -14,6 +14,8 @@ DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     # Our stage modules log through `prvr.*`; show those lines in the Prefect UI too.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "prvr",
+    # The in-process (ephemeral) API server starts slowly on a loaded 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # Offline by default: a hub download must fail fast, not hang.
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
