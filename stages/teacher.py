@@ -16,13 +16,18 @@ import logging
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from configs.schema import RunConfig
+from configs.schema import RunConfig, TeacherSpec
+from stages.extract import teacher_feature
 from storage.features import FeatureStore, StoreError
 from storage.fingerprint import fingerprint
 from storage.teacher_cache import TeacherCache, video_sim_chunks
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 log = logging.getLogger("prvr.teacher")
 
@@ -37,15 +42,11 @@ def teacher_keys(cfg: RunConfig) -> list[str]:
     return [t.key for t in cfg.extract.teacher]
 
 
-def _teacher_feature(teacher_key: str) -> str:
-    # Same naming as stages.extract.teacher_feature, from the key alone.
-    return f"teacher.{teacher_key}"
-
-
-def _check_key(cfg: RunConfig, teacher_key: str) -> None:
-    keys = teacher_keys(cfg)
-    if teacher_key not in keys:
-        raise ValueError(f"teacher {teacher_key!r} is not configured; configured: {keys}")
+def _teacher_spec(cfg: RunConfig, teacher_key: str) -> TeacherSpec:
+    for spec in cfg.extract.teacher:
+        if spec.key == teacher_key:
+            return spec
+    raise ValueError(f"teacher {teacher_key!r} is not configured; configured: {teacher_keys(cfg)}")
 
 
 # ---- fingerprint --------------------------------------------------------------
@@ -64,7 +65,7 @@ def _cache_inputs(store: FeatureStore, teacher_key: str, split: str) -> dict:
 def teacher_cache_fingerprint(cfg: RunConfig, store: FeatureStore, teacher_key: str, split: str) -> str:
     """Hash of the split's committed text fingerprint, the committed fingerprints of the shards
     holding the split's videos, and the teacher key."""
-    _check_key(cfg, teacher_key)
+    _teacher_spec(cfg, teacher_key)
     return fingerprint(_cache_inputs(store, teacher_key, split))
 
 
@@ -74,7 +75,7 @@ class SplitFrames:
     """A split's videos in store order and their frames as one lazy (frames, D) array."""
 
     video_ids: list[str]
-    frames: object  # dask array (total frames of the split, D), rows in store order
+    frames: da.Array  # (total frames of the split, D), rows in store order
     offsets: np.ndarray  # (V+1,) int64 rows of each video in `frames`
 
     @property
@@ -157,8 +158,8 @@ def positive_scores(sentences: np.ndarray, frames: np.ndarray, starts: np.ndarra
 
 
 # ---- lazy computations -------------------------------------------------------
-def video_sim_dask(sentences, split: SplitFrames, chunks: tuple[int, int],
-                   frames_per_step: int = FRAMES_PER_STEP):
+def video_sim_dask(sentences: da.Array, split: SplitFrames, chunks: tuple[int, int],
+                   frames_per_step: int = FRAMES_PER_STEP) -> da.Array:
     """(Q, V) float16 dask array whose blocks are the Zarr chunks `chunks`.
 
     Frames are regrouped so block j holds exactly the frames of videos [j*cols, (j+1)*cols);
@@ -202,7 +203,7 @@ def plan_positives(positive_ids: list[str], split: SplitFrames) -> PositivePlan:
     return PositivePlan(columns, offsets, order)
 
 
-def positive_frames_compute(sentences, split: SplitFrames, plan: PositivePlan, query_block: int,
+def positive_frames_compute(sentences: da.Array, split: SplitFrames, plan: PositivePlan, query_block: int,
                             scheduler: str | None) -> np.ndarray:
     """Flat positive-frame scores in query order.
 
@@ -243,7 +244,7 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
     fingerprint. `scheduler` None uses dask's default: threads, or a distributed Client in scope."""
     if query_block < 1:
         raise ValueError(f"query_block must be >= 1, got {query_block}")
-    _check_key(cfg, teacher_key)
+    spec = _teacher_spec(cfg, teacher_key)
     started = time.perf_counter()
     FeatureStore(cfg.store)  # raises a clear error when there is no store, instead of creating one
     store = FeatureStore(cfg.store, mode="a")
@@ -259,7 +260,7 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
 
     text = store.text(split)
     sentences = store.dask_sentences(split, teacher_key, query_block)
-    frames = split_frames(store, _teacher_feature(teacher_key), split)
+    frames = split_frames(store, teacher_feature(spec), split)
     if sentences.shape[1] != frames.frames.shape[1]:
         raise StoreError(f"teacher {teacher_key}: sentences have {sentences.shape[1]} dims, "
                          f"frames {frames.frames.shape[1]}")

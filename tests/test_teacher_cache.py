@@ -144,10 +144,13 @@ def test_blocks_span_shards_and_video_blocks(world):
     frames = split_frames(store, "teacher.ta", "train")
     assert frames.video_ids == ["v00", "v02", "v03", "v11", "v12", "v20", "v21"]
     sentences = store.dask_sentences("train", "ta", 3)
-    sims = video_sim_dask(sentences, frames, chunks=(3, 2), frames_per_step=4)
-    assert sims.chunks == ((3, 3, 3, 2), (2, 2, 2, 1))
     ref, _, _, videos = reference(location, "ta", "train")
     assert videos == frames.video_ids
+    sims = video_sim_dask(sentences, frames, chunks=(3, 2), frames_per_step=4)
+    assert sims.chunks == ((3, 3, 3, 2), (2, 2, 2, 1))
+    np.testing.assert_allclose(sims.compute().astype(np.float32), ref, atol=1e-3, rtol=0)
+    # One video per block: v12's block holds no frames at all.
+    sims = video_sim_dask(sentences, frames, chunks=(5, 1))
     np.testing.assert_allclose(sims.compute().astype(np.float32), ref, atol=1e-3, rtol=0)
 
 
