@@ -1,0 +1,78 @@
+"""Distillation-weight schedules: values at chosen epochs, increasing counterparts, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from models.schedules import SCHEDULES, distillation_weight
+
+
+def test_schedule_names() -> None:
+    assert SCHEDULES == ("exponential", "linear", "sigmoid", "cosine", "constant")
+
+
+@pytest.mark.parametrize(
+    ("kind", "epoch", "expected"),
+    [
+        ("exponential", 0, 0.1),
+        ("exponential", 1, 0.095),
+        ("exponential", 2, 0.09025),
+        ("exponential", 10, 0.1 * 0.95**10),
+        ("linear", 0, 1.0),
+        ("linear", 30, 0.7),
+        ("linear", 95, 0.05),
+        ("linear", 99, 0.05),  # floored
+        ("linear", 400, 0.05),
+        ("sigmoid", 0, 800 / 801),
+        ("sigmoid", 8, 800 / (800 + math.e)),  # 100 * 8 / 800 = 1
+        ("sigmoid", 100, 800 / (800 + math.exp(12.5))),
+        ("cosine", 0, 0.1),
+        ("cosine", 50, 0.05),
+        ("cosine", 100, 0.0),
+        ("cosine", 150, 0.0),  # held at its end value
+        ("constant", 0, 0.1),
+        ("constant", 77, 0.1),
+    ],
+)
+def test_values(kind: str, epoch: int, expected: float) -> None:
+    assert distillation_weight(kind, epoch) == pytest.approx(expected, abs=1e-12)
+
+
+def test_base_and_total_epochs() -> None:
+    assert distillation_weight("exponential", 1, base=2.0) == pytest.approx(1.9)
+    assert distillation_weight("constant", 5, base=0.3) == 0.3
+    assert distillation_weight("cosine", 10, total_epochs=20, base=1.0) == pytest.approx(0.5)
+    assert distillation_weight("cosine", 5, total_epochs=20, base=1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_sigmoid_halves_near_epoch_53_and_stays_finite() -> None:
+    # k / (k + exp(100 e / k)) = 1/2 where exp(e / 8) = 800, i.e. e = 8 ln 800 ~= 53.48
+    assert distillation_weight("sigmoid", 53) > 0.5 > distillation_weight("sigmoid", 54)
+    assert 0.0 <= distillation_weight("sigmoid", 10**7) < 1e-12  # no overflow
+    values = [distillation_weight("sigmoid", e) for e in range(0, 120)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("kind", ["exponential", "linear", "sigmoid", "cosine"])
+def test_increasing_counterpart_is_one_minus_the_decreasing(kind: str) -> None:
+    for epoch in (0, 3, 40, 99):
+        assert distillation_weight(kind, epoch, increasing=True) == pytest.approx(1.0 - distillation_weight(kind, epoch))
+    assert distillation_weight(kind, 60, increasing=True) >= distillation_weight(kind, 5, increasing=True)
+
+
+def test_increasing_hand_values() -> None:
+    assert distillation_weight("exponential", 0, increasing=True) == pytest.approx(0.9)
+    assert distillation_weight("linear", 20, increasing=True) == pytest.approx(0.2)
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="exponential.*linear.*sigmoid.*cosine.*constant"):
+        distillation_weight("step", 0)
+    with pytest.raises(ValueError, match="increasing"):
+        distillation_weight("constant", 0, increasing=True)
+    with pytest.raises(ValueError, match="epoch"):
+        distillation_weight("linear", -1)
+    with pytest.raises(ValueError, match="total_epochs"):
+        distillation_weight("cosine", 0, total_epochs=0)
