@@ -7,12 +7,15 @@ from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
 
+from prefect.task_runners import ThreadPoolTaskRunner
+
 from configs.schema import RunConfig
 from stages import evaluate as ev
 from stages import teacher as tc
 from stages import train as tr
 from stages.extract import extraction_status
 from stages.manifest import load_manifest
+from storage.features import FeatureStore
 
 
 class StoreIncomplete(RuntimeError):
@@ -35,12 +38,15 @@ def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
     return result
 
 
-@flow(name="teacher")
+# One cache at a time: dask parallelises inside each, and the caches share the root metadata.
+@flow(name="teacher", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def teacher_flow(config: RunConfig) -> list[dict]:
     require_complete_store(config)
     splits = load_manifest(config.dataset.root).splits()
     futures = [teacher_cache_task.submit(config, key, split) for key in tc.teacher_keys(config) for split in splits]
-    return [f.result() for f in futures]
+    results = [f.result() for f in futures]
+    FeatureStore(config.store, mode="a").consolidate()
+    return results
 
 
 @task(name="train-student", retries=1)

@@ -23,19 +23,19 @@ VIDEO_CHUNK = 256  # videos encoded per forward when building the gallery
 
 
 @torch.inference_mode()
-def encode_split(model, data: SplitData, device: torch.device | str = "cpu"):
+def encode_split(model, data: SplitData, device: torch.device | str = "cpu", branch: str = "fused"):
     """Normalised gallery frames and query vectors of every branch, encoded once."""
     model.eval()
     gallery: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(data.video_ids), VIDEO_CHUNK):
         sl = slice(start, start + VIDEO_CHUNK)
-        enc = model.encode_gallery(data.video[sl].float().to(device), data.video_mask[sl].to(device))
+        enc = model.encode_gallery(data.video[sl].float().to(device), data.video_mask[sl].to(device), branch)
         for k, v in enc.items():
             gallery.setdefault(k, []).append(v)
     queries: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(data.query_ids), VIDEO_CHUNK * 4):
         sl = slice(start, start + VIDEO_CHUNK * 4)
-        enc = model.encode_queries(data.tokens[sl].float().to(device), data.token_mask[sl].to(device))
+        enc = model.encode_queries(data.tokens[sl].float().to(device), data.token_mask[sl].to(device), branch)
         for k, v in enc.items():
             queries.setdefault(k, []).append(v)
     return ({k: torch.cat(v) for k, v in gallery.items()}, {k: torch.cat(v) for k, v in queries.items()},
@@ -46,7 +46,7 @@ def evaluate_student(model, data: SplitData, branch: str, device: torch.device |
                      chunk: int = 1024, encoded=None) -> tuple[dict[str, float], np.ndarray]:
     from stages.metrics import evaluate_chunked
 
-    gallery, queries, mask = encoded or encode_split(model, data, device)
+    gallery, queries, mask = encoded or encode_split(model, data, device, branch)
 
     @torch.inference_mode()
     def score_chunk(sl: slice) -> np.ndarray:
@@ -124,7 +124,7 @@ def evaluate_run(cfg: RunConfig, progress: Callable[[str], None] | None = None) 
     store = FeatureStore(cfg.store)
     model, branch, state = load_trained_student(cfg, cfg.evaluate.checkpoint, str(device))
     data = load_split(cfg, split, (), store)
-    encoded = encode_split(model, data, device)
+    encoded = encode_split(model, data, device, branch)
     methods: dict[str, dict[str, float]] = {}
     names = {"fused": "DL-DKD student (fused)", "inheritance": "inheritance branch", "exploration": "exploration branch"}
     branches = ["fused", "inheritance", "exploration"] if branch == "fused" else [branch]

@@ -170,7 +170,8 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             batch = train_data.batch(rows, device)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
-                outputs = model(batch["video"], batch["video_mask"], batch["tokens"], batch["token_mask"])
+                outputs = {name: model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"],
+                                                    batch["token_mask"]) for name in active_branches(t)}
                 loss = torch.zeros((), device=device)
                 for name in active_branches(t):
                     parts = branch_loss(outputs[name], batch["query_video"], weights, gens["negatives"])
