@@ -108,8 +108,9 @@ class AttentionBlock(nn.Module):
         # (N, L, 3H) -> three (N, heads, L, head_dim) views
         q, k, v = self.query_key_value(x).view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # Additive mask with a finite minimum: exp underflows to exactly 0 for padded keys, and a
-        # sequence with no valid key stays finite instead of NaN.
-        key_bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, _fill_value(x.dtype))
+        # sequence with no valid key stays finite instead of NaN. Built in q's dtype so that under
+        # autocast the minimum is fp16's, not float32's (which would cast to -inf).
+        key_bias = torch.zeros(mask.shape, dtype=q.dtype, device=x.device).masked_fill(~mask, _fill_value(q.dtype))
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_bias[:, None, None, :], dropout_p=self.attention_dropout if self.training else 0.0
         )
