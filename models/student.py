@@ -35,10 +35,13 @@ class StudentConfig:
     max_frames: int = 128
     max_tokens: int = 32
     fusion: float = 0.7  # weight of the inheritance branch in the fused score
+    init_std: float = 0.02  # std of the normal init of Linear / Embedding weights (reference code's value)
 
     def __post_init__(self) -> None:
         if self.hidden % self.heads != 0:
             raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.init_std <= 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}")
         if not 0.0 <= self.fusion <= 1.0:
             raise ValueError(f"fusion must be in [0, 1], got {self.fusion}")
         for name in ("video_dim", "text_dim", "hidden", "heads", "max_frames", "max_tokens"):
@@ -132,7 +135,19 @@ class Branch(nn.Module):
         self.query_input = InputProjection(cfg.text_dim, cfg.hidden, cfg.dropout)
         self.query_positions = LearnedPositions(cfg.max_tokens, cfg.hidden, cfg.dropout)
         self.query_attention = AttentionBlock(cfg.hidden, cfg.heads, cfg.dropout)
-        self.query_pool_score = nn.Linear(cfg.hidden, 1)
+        self.query_pool_score = nn.Linear(cfg.hidden, 1, bias=False)  # a bias cancels in the softmax
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # BERT-style, as in the reference code: PyTorch's default N(0, 1) positional embeddings would
+        # swamp the projected features before the LayerNorm.
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def encode_videos(self, video: Tensor, video_mask: Tensor) -> Tensor:
         """(B, T, Dv) features, (B, T) bool mask -> (B, T, H) frame vectors (not normalised)."""

@@ -93,6 +93,19 @@ def test_init_is_deterministic_given_the_seed() -> None:
         assert torch.equal(first[name], second[name]), name
 
 
+def test_bert_style_initialisation() -> None:
+    torch.manual_seed(0)
+    branch = Branch(StudentConfig(video_dim=64, text_dim=64, hidden=128, heads=4))
+    for module in branch.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+            assert abs(module.weight.std().item() - 0.02) < 0.003, module
+        if isinstance(module, torch.nn.Linear) and module.bias is not None:
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight, torch.ones_like(module.weight))
+            assert torch.equal(module.bias, torch.zeros_like(module.bias))
+
+
 def test_both_branches_are_the_same_class_with_separate_parameters() -> None:
     student = make_student()
     assert type(student.inheritance) is Branch and type(student.exploration) is Branch
