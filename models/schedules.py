@@ -1,46 +1,52 @@
 """Epoch-dependent weight of the distillation term (the "dynamic" in DL-DKD).
 
-The kinds and their formulas follow method.md. Note their scales differ: `base` scales only the
-exponential, cosine and constant kinds; linear and sigmoid start near 1 whatever `base` is.
+The weight is `base * shape(epoch)`, where `shape` starts at (or near) 1 and decays; the
+increasing counterpart is `base * (1 - shape(epoch))`. This matches the reference code, where
+the KL term is multiplied by a fixed scale (its `loss_scale_weight`, 0.1 in the released
+scripts) times the decay factor of whichever schedule is chosen — so with the default base 0.1,
+"exponential" gives method.md's `0.1 * 0.95**e`, and "linear" gives `0.1 * max(1 - 0.01 e, 0.05)`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 SCHEDULES: tuple[str, ...] = ("exponential", "linear", "sigmoid", "cosine", "constant")
 
+EXPONENTIAL_RATE = 0.95
+LINEAR_SLOPE, LINEAR_FLOOR = 0.01, 0.05
 SIGMOID_K = 800.0
 
 
-def _exponential(epoch: int, total_epochs: int, base: float) -> float:
-    return base * 0.95**epoch
+def _exponential(epoch: int, total_epochs: int) -> float:
+    return EXPONENTIAL_RATE**epoch
 
 
-def _linear(epoch: int, total_epochs: int, base: float) -> float:
-    return max(1.0 - 0.01 * epoch, 0.05)
+def _linear(epoch: int, total_epochs: int) -> float:
+    return max(1.0 - LINEAR_SLOPE * epoch, LINEAR_FLOOR)
 
 
-def _sigmoid(epoch: int, total_epochs: int, base: float) -> float:
+def _sigmoid(epoch: int, total_epochs: int) -> float:
     """k / (k + exp(100 e / k)), k = 800: an inverted sigmoid in e, independent of total_epochs.
 
     Its value at e = 0 is 800/801 ~= 0.99875 (not exactly 1); it halves at e = 8 ln 800 ~= 53.5,
-    is ~= 0.607 at e = 50 and ~= 0.00297 at e = 100.
+    is ~= 0.607 at e = 50 and ~= 0.00297 at e = 100: nearly flat for ~20 epochs, then a drop.
     """
     exponent = 100.0 * epoch / SIGMOID_K
-    # k / (k + e^x) == 1 / (1 + e^(x - ln k)), which stays finite for any epoch.
+    # k / (k + e^x) == 1 / (1 + e^(x - ln k)); the cap keeps exp finite for any epoch.
     return 1.0 / (1.0 + math.exp(min(exponent - math.log(SIGMOID_K), 700.0)))
 
 
-def _cosine(epoch: int, total_epochs: int, base: float) -> float:
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(epoch, total_epochs) / total_epochs))
+def _cosine(epoch: int, total_epochs: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, total_epochs) / total_epochs))
 
 
-def _constant(epoch: int, total_epochs: int, base: float) -> float:
-    return base
+def _constant(epoch: int, total_epochs: int) -> float:
+    return 1.0
 
 
-_DECREASING = {
+_SHAPES: dict[str, Callable[[int, int], float]] = {
     "exponential": _exponential,
     "linear": _linear,
     "sigmoid": _sigmoid,
@@ -52,18 +58,19 @@ _DECREASING = {
 def distillation_weight(
     kind: str, epoch: int, total_epochs: int = 100, base: float = 0.1, increasing: bool = False
 ) -> float:
-    """Weight of the distillation loss at `epoch` (0-based).
+    """Weight of the distillation loss at `epoch` (0-based): `base * shape(epoch)`.
 
-    - "exponential" (default in the reference code): base * 0.95**epoch
+    shapes:
+    - "exponential" (the reference code's default): 0.95**epoch
     - "linear": max(1 - 0.01 * epoch, 0.05)
     - "sigmoid": k / (k + exp(100 * epoch / k)), k = 800 — ~0.999 at epoch 0, 0.5 near epoch 53.5
-    - "cosine": base * 0.5 * (1 + cos(pi * epoch / total_epochs)), held at 0 after total_epochs
-    - "constant": base (the static ablation)
+    - "cosine": 0.5 * (1 + cos(pi * epoch / total_epochs)), held at 0 after total_epochs
+    - "constant": 1 (the static ablation)
 
-    increasing=True returns 1 - w(epoch), the increasing counterpart, for every kind but
-    "constant" (a constant has none; asking for it is an error).
+    increasing=True returns `base * (1 - shape(epoch))`, the increasing counterpart, for every
+    kind but "constant" (a constant has none; asking for it is an error).
     """
-    if kind not in _DECREASING:
+    if kind not in _SHAPES:
         raise ValueError(f"unknown distillation schedule {kind!r}; expected one of {SCHEDULES}")
     if epoch < 0:
         raise ValueError(f"epoch must be >= 0, got {epoch}")
@@ -71,5 +78,5 @@ def distillation_weight(
         raise ValueError(f"total_epochs must be positive, got {total_epochs}")
     if increasing and kind == "constant":
         raise ValueError("the 'constant' schedule has no increasing counterpart")
-    weight = _DECREASING[kind](epoch, total_epochs, base)
-    return 1.0 - weight if increasing else weight
+    shape = _SHAPES[kind](epoch, total_epochs)
+    return base * (1.0 - shape if increasing else shape)
