@@ -96,24 +96,43 @@ def soft_infonce_loss(
     soft_targets: Tensor,
     beta: float,
     soft_rows: Tensor | None = None,
+    soft_video_targets: Tensor | None = None,
+    soft_video_rows: Tensor | None = None,
 ) -> Tensor:
-    """DL-DKD++ InfoNCE with soft text->video targets.
+    """DL-DKD++ InfoNCE with soft targets.
 
     text->video: cross-entropy of each query's softmax over videos against
-    `(1 - beta) * soft_targets + beta * one_hot(positive)`; rows where `soft_rows` (Q,) bool is
-    False use the plain one-hot target (the method applies soft targets to part of the rows).
-    video->text: unchanged, the hard multi-positive term of `infonce_loss` — the soft targets are
-    distributions over videos per query, which do not define a target over a video's queries.
-    With beta = 1 this equals `infonce_loss` exactly.
+    `(1 - beta) * soft_targets + beta * one_hot(positive)`; soft_targets (Q, B), rows summing to 1.
+    Rows where `soft_rows` (Q,) bool is False keep the plain one-hot target (the method softens
+    only part of the rows).
+    video->text: without `soft_video_targets`, the hard multi-positive term of `infonce_loss`.
+    With soft_video_targets (B, Q) (rows summing to 1, e.g. `soft_targets_from_scores(sims.T)`),
+    each video's positive mass is re-weighted as in the reference code:
+    -log( sum_q w_q exp(s_q) / sum_q exp(s_q) ), w = (1 - beta) * soft + beta * [q is its query]
+    (the indicator is not normalised, so beta = 1 is exactly the hard term); `soft_video_rows`
+    (B,) bool selects the videos this applies to. With beta = 1 the whole loss equals `infonce_loss`.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    one_hot = positive_mask(query_video, video_dot.shape[1]).to(video_dot.dtype)
+    is_positive = positive_mask(query_video, video_dot.shape[1])
+    one_hot = is_positive.to(video_dot.dtype)
     targets = (1.0 - beta) * soft_targets.detach() + beta * one_hot
     if soft_rows is not None:
         targets = torch.where(soft_rows.unsqueeze(1), targets, one_hot)
     text_to_video = -(targets * video_dot.log_softmax(dim=1)).sum(1).mean()
-    return text_to_video + infonce_video_to_text(video_dot, query_video)
+    if soft_video_targets is None:
+        return text_to_video + infonce_video_to_text(video_dot, query_video)
+
+    query_weights = (1.0 - beta) * soft_video_targets.detach().T + beta * one_hot  # (Q, B)
+    if soft_video_rows is not None:
+        query_weights = torch.where(soft_video_rows.unsqueeze(0), query_weights, one_hot)
+    has_query = is_positive.any(0)
+    # A zero weight drops its query from the numerator; a finite fill instead of log(0) = -inf
+    # keeps the backward NaN-free even for a video whose every weight is zero.
+    log_weights = query_weights.log().masked_fill(query_weights <= 0, torch.finfo(video_dot.dtype).min)
+    log_positive = (log_weights + video_dot).logsumexp(0)
+    video_to_text = (video_dot.logsumexp(0) - log_positive)[has_query].mean()
+    return text_to_video + video_to_text
 
 
 def gather_positive(frame_cos: Tensor, query_video: Tensor) -> Tensor:

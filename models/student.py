@@ -12,7 +12,6 @@ ones — they are masked as attention keys, in the pooling softmax and in the ma
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -241,7 +240,9 @@ class DLDKDStudent(nn.Module):
         """-> {branch name: (Q, H) L2-normalised query vectors} for the branches `branch` needs."""
         return {name: _unit(self.branch(name).encode_queries(tokens, token_mask)) for name in self._needed(branch)}
 
-    def frame_scores_encoded(self, query_enc: dict[str, Tensor], video_enc: dict[str, Tensor], branch: str = "fused") -> Tensor:
+    def frame_scores_encoded(
+        self, query_enc: dict[str, Tensor], video_enc: dict[str, Tensor], branch: str = "fused"
+    ) -> Tensor:
         """Normalised encodings from encode_queries / encode_gallery -> (Q, B, T) cosine frame scores."""
         per_branch = {name: frame_dot(query_enc[name], video_enc[name]) for name in self._needed(branch)}
         return self._fuse(per_branch, branch)
@@ -255,15 +256,17 @@ class DLDKDStudent(nn.Module):
         the method fuses s_inheritance and s_exploration, not frame scores before the max.
         """
         per_branch = {
-            name: max_over_frames(frame_dot(query_enc[name], video_enc[name]), video_mask) for name in self._needed(branch)
+            name: max_over_frames(frame_dot(query_enc[name], video_enc[name]), video_mask)
+            for name in self._needed(branch)
         }
         return self._fuse(per_branch, branch)
 
-    def scores(self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor, branch: str = "fused") -> Tensor:
+    def scores(
+        self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor, branch: str = "fused"
+    ) -> Tensor:
         """(Q, B) video scores of `branch` (fused | inheritance | exploration)."""
-        return self.score_encoded(
-            self.encode_queries(tokens, token_mask, branch), self.encode_gallery(video, video_mask, branch), video_mask, branch
-        )
+        queries = self.encode_queries(tokens, token_mask, branch)
+        return self.score_encoded(queries, self.encode_gallery(video, video_mask, branch), video_mask, branch)
 
     def frame_scores(
         self, video: Tensor, video_mask: Tensor, tokens: Tensor, token_mask: Tensor, branch: str = "fused"

@@ -111,8 +111,8 @@ def drawn_negatives_of_query_0(hard_pool: int, seeds: range) -> list[float]:
     margin = 5.0
     hardest = triplet_ranking_loss(scores, query_video, margin, hard_pool=1)
     return [
-        round(0.8 + 5 * (triplet_ranking_loss(scores, query_video, margin, hard_pool, seeded(seed)) - hardest).item(), 9)
-        for seed in seeds
+        round(0.8 + 5 * (triplet_ranking_loss(scores, query_video, margin, hard_pool, seeded(s)) - hardest).item(), 9)
+        for s in seeds
     ]
 
 
@@ -159,10 +159,15 @@ def test_infonce_hand_case() -> None:
     # text->video: cross-entropy of each query's row
     # query 1's positive is video 0 (score .4 against .7)
     t2v = (
-        -math.log(e(0.9) / (e(0.9) + e(0.5))) - math.log(e(0.4) / (e(0.4) + e(0.7))) - math.log(e(0.8) / (e(0.3) + e(0.8)))
+        -math.log(e(0.9) / (e(0.9) + e(0.5)))
+        - math.log(e(0.4) / (e(0.4) + e(0.7)))
+        - math.log(e(0.8) / (e(0.3) + e(0.8)))
     ) / 3
     # video->text: video 0 owns q0 and q1 (scores .9, .4; q2 scores .3); video 1 owns q2 (.8; others .5, .7)
-    v2t = (-math.log((e(0.9) + e(0.4)) / (e(0.9) + e(0.4) + e(0.3))) - math.log(e(0.8) / (e(0.5) + e(0.7) + e(0.8)))) / 2
+    v2t = (
+        -math.log((e(0.9) + e(0.4)) / (e(0.9) + e(0.4) + e(0.3)))
+        - math.log(e(0.8) / (e(0.5) + e(0.7) + e(0.8)))
+    ) / 2
     assert infonce_text_to_video(SCORES, QUERY_VIDEO).item() == pytest.approx(t2v)
     assert infonce_video_to_text(SCORES, QUERY_VIDEO).item() == pytest.approx(v2t)
     assert infonce_loss(SCORES, QUERY_VIDEO).item() == pytest.approx(t2v + v2t)
@@ -303,7 +308,8 @@ def test_distillation_kl_rejects_mismatched_shapes_and_reductions() -> None:
     with pytest.raises(ValueError, match="shape"):
         distillation_kl(torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="reduction"):
-        distillation_kl(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3, dtype=torch.bool), reduction="max")  # type: ignore[arg-type]
+        all_valid = torch.ones(2, 3, dtype=torch.bool)
+        distillation_kl(torch.zeros(2, 3), torch.zeros(2, 3), all_valid, reduction="max")  # type: ignore[arg-type]
 
 
 # ---- per-branch total ------------------------------------------------------------------------
@@ -313,9 +319,51 @@ def test_branch_loss_combines_triplet_and_weighted_infonce() -> None:
     dots = SCORES * 7.0
     out = BranchOutput(frame_cos=SCORES.unsqueeze(-1), video_cos=SCORES, video_dot=dots)
     weights = LossWeights()
-    assert (weights.infonce, weights.triplet_margin, weights.hard_pool, weights.distill_temperature) == (0.04, 0.2, 20, 0.2)
+    defaults = (weights.infonce, weights.triplet_margin, weights.hard_pool, weights.distill_temperature)
+    assert defaults == (0.04, 0.2, 20, 0.2)
     losses = branch_loss(out, QUERY_VIDEO, weights, seeded(0))
     assert set(losses) == {"triplet", "infonce", "total"}
     assert losses["triplet"].item() == pytest.approx(0.5 / 3 + 0.1 / 2)
     assert losses["infonce"].item() == pytest.approx(infonce_loss(dots, QUERY_VIDEO).item())
     assert losses["total"].item() == pytest.approx(losses["triplet"].item() + 0.04 * losses["infonce"].item())
+
+
+def loop_soft_video_to_text(
+    scores: list[list[float]], query_video: list[int], soft_video: list[list[float]], beta: float
+) -> float:
+    """Reference-code form: -log( sum_q w_q exp(s_q) / sum_q exp(s_q) ) per video, w = (1-beta) soft + beta [own]."""
+    terms = []
+    for v in range(len(scores[0])):
+        weights = [(1 - beta) * soft_video[v][q] + beta * (query_video[q] == v) for q in range(len(scores))]
+        numerator = sum(w * math.exp(scores[q][v]) for q, w in enumerate(weights))
+        terms.append(-math.log(numerator / sum(math.exp(scores[q][v]) for q in range(len(scores)))))
+    return sum(terms) / len(terms)
+
+
+def test_soft_infonce_video_to_text_with_soft_video_targets() -> None:
+    scores, query_video = random_batch(3, [2, 1, 2], seed=12)
+    sims = torch.rand(5, 3, generator=seeded(2), dtype=torch.float64)
+    soft_text, soft_video = soft_targets_from_scores(sims), soft_targets_from_scores(sims.T)
+    beta = 0.8
+    loss = soft_infonce_loss(scores, query_video, soft_text, beta, soft_video_targets=soft_video)
+    text_to_video = soft_infonce_loss(scores, query_video, soft_text, beta) - infonce_video_to_text(scores, query_video)
+    expected = loop_soft_video_to_text(scores.tolist(), query_video.tolist(), soft_video.tolist(), beta)
+    assert (loss - text_to_video).item() == pytest.approx(expected)
+    # beta = 1 leaves only the hard multi-positive term
+    hard = soft_infonce_loss(scores, query_video, soft_text, 1.0, soft_video_targets=soft_video)
+    assert hard.item() == pytest.approx(infonce_loss(scores, query_video).item())
+    # videos outside soft_video_rows keep the hard term
+    none_soft = torch.zeros(3, dtype=torch.bool)
+    kept_hard = soft_infonce_loss(
+        scores, query_video, soft_text, beta, soft_video_targets=soft_video, soft_video_rows=none_soft
+    )
+    assert kept_hard.item() == pytest.approx(text_to_video.item() + infonce_video_to_text(scores, query_video).item())
+
+
+def test_soft_infonce_gradients_are_finite_with_zero_weights() -> None:
+    scores = (SCORES * 10).clone().requires_grad_(True)
+    soft_video = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)  # zeros on purpose
+    soft_text = torch.full((3, 2), 0.5, dtype=torch.float64)
+    loss = soft_infonce_loss(scores, QUERY_VIDEO, soft_text, 0.5, soft_video_targets=soft_video)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()

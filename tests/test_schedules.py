@@ -50,7 +50,8 @@ def test_base_and_total_epochs() -> None:
     assert distillation_weight("exponential", 1, base=2.0) == pytest.approx(1.9)
     assert distillation_weight("constant", 5, base=0.3) == 0.3
     assert distillation_weight("cosine", 10, total_epochs=20, base=1.0) == pytest.approx(0.5)
-    assert distillation_weight("cosine", 5, total_epochs=20, base=1.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    quarter = 0.5 * (1 + math.cos(math.pi / 4))
+    assert distillation_weight("cosine", 5, total_epochs=20, base=1.0) == pytest.approx(quarter)
 
 
 def test_sigmoid_halves_near_epoch_53_and_stays_finite() -> None:

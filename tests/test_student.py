@@ -25,7 +25,9 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 
 
 def small_config(**overrides: object) -> StudentConfig:
-    params: dict[str, object] = dict(video_dim=VIDEO_DIM, text_dim=TEXT_DIM, hidden=16, heads=4, max_frames=12, max_tokens=9)
+    params: dict[str, object] = dict(
+        video_dim=VIDEO_DIM, text_dim=TEXT_DIM, hidden=16, heads=4, max_frames=12, max_tokens=9
+    )
     params.update(overrides)
     return StudentConfig(**params)  # type: ignore[arg-type]
 
@@ -205,14 +207,17 @@ def test_fused_scores_are_the_weighted_sum_of_branch_scores() -> None:
     torch.testing.assert_close(exploration, outputs["exploration"].video_cos, **TOL)
     expected_frames = 0.7 * outputs["inheritance"].frame_cos + 0.3 * outputs["exploration"].frame_cos
     torch.testing.assert_close(fused_frames, expected_frames, **TOL)
-    torch.testing.assert_close(student.frame_scores(*batch, branch="inheritance"), outputs["inheritance"].frame_cos, **TOL)
+    inheritance_frames = student.frame_scores(*batch, branch="inheritance")
+    torch.testing.assert_close(inheritance_frames, outputs["inheritance"].frame_cos, **TOL)
 
 
 def test_fusion_weight_comes_from_the_config() -> None:
     student = make_student(fusion=0.25)
     batch = make_batch()
     with torch.no_grad():
-        expected = 0.25 * student.scores(*batch, branch="inheritance") + 0.75 * student.scores(*batch, branch="exploration")
+        inheritance = student.scores(*batch, branch="inheritance")
+        exploration = student.scores(*batch, branch="exploration")
+        expected = 0.25 * inheritance + 0.75 * exploration
         torch.testing.assert_close(student.scores(*batch), expected, **TOL)
 
 
@@ -232,11 +237,9 @@ def test_encode_once_helpers_score_query_chunks_like_the_full_batch() -> None:
             assert frames.shape == (3, 5, 16)
             torch.testing.assert_close(frames.norm(dim=-1), torch.ones(3, 5), **TOL)
         for name in ("fused", "inheritance", "exploration"):
-            chunks = [
-                student.score_encoded(student.encode_queries(tokens[i : i + 2], token_mask[i : i + 2]), gallery, video_mask, name)
-                for i in (0, 2)
-            ]
-            torch.testing.assert_close(torch.cat(chunks), student.scores(video, video_mask, tokens, token_mask, name), **TOL)
+            query_chunks = [student.encode_queries(tokens[i : i + 2], token_mask[i : i + 2]) for i in (0, 2)]
+            chunked = torch.cat([student.score_encoded(chunk, gallery, video_mask, name) for chunk in query_chunks])
+            torch.testing.assert_close(chunked, student.scores(video, video_mask, tokens, token_mask, name), **TOL)
         # a single-branch request only encodes that branch
         assert set(student.encode_gallery(video, video_mask, "exploration")) == {"exploration"}
 
