@@ -71,14 +71,14 @@ def own_video_frame_scores(model, queries: dict[str, torch.Tensor], frames: dict
 
 @torch.inference_mode()
 def moments_of_top_videos(model, data: SplitData, branch: str, ranks: np.ndarray, encoded,
-                          device: torch.device | str = "cpu") -> dict[str, Any]:
+                          device: torch.device | str = "cpu") -> list[dict[str, Any]]:
     """Predicted moments on each query's own video, scored where that video came first and overall."""
     from stages.moments import moment_recall, predict_moment
 
     gallery, queries, mask = encoded
     with_gt = np.flatnonzero(~np.isnan(data.moments).any(1))
     if len(with_gt) == 0:
-        return {}
+        return []
     predictions, truths, rank1 = [], [], []
     for start in range(0, len(with_gt), 1024):
         rows = with_gt[start:start + 1024]
@@ -95,7 +95,8 @@ def moments_of_top_videos(model, data: SplitData, branch: str, ranks: np.ndarray
     rank1 = np.asarray(rank1)
     top = moment_recall([p for p, k in zip(predictions, rank1) if k], [g for g, k in zip(truths, rank1) if k])
     own = moment_recall(predictions, truths)
-    return {"rank1_correct": top, "ground_truth_video": own}
+    # Rows of one table: where the correct video came first, and on every query's own video.
+    return [{"where": "correct video ranked first", **top}, {"where": "each query's own video", **own}]
 
 
 def teacher_zero_shot(store: FeatureStore, teacher: str, split: str, data: SplitData) -> dict[str, float]:

@@ -267,8 +267,9 @@ def _report_markdown(title: str, metrics: Mapping[str, Any], history: Sequence[M
     parts.append("\n## Moment localisation (percent of queries with IoU >= threshold)\n\n")
     moments = metrics.get("moments")
     if moments:
-        shown_moments = {k: (f"{float(v):.1f}" if k.startswith("IoU@") else v) for k, v in moments.items()}
-        parts.append(markdown_table([shown_moments]))
+        rows = moments if isinstance(moments, list) else [moments]
+        parts.append(markdown_table([{k: (f"{float(v):.1f}" if k.startswith("IoU@") else v) for k, v in row.items()}
+                                     for row in rows]))
     else:
         parts.append("No moment annotations evaluated.\n")
 

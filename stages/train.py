@@ -176,22 +176,22 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
                 for name in active_branches(t):
                     parts = branch_loss(outputs[name], batch["query_video"], weights, gens["negatives"])
                     loss = loss + parts["total"]
-                    sums["triplet"] += float(parts["triplet"])
-                    sums["infonce"] += float(parts["infonce"])
+                    sums["triplet"] += float(parts["triplet"].detach())
+                    sums["infonce"] += float(parts["infonce"].detach())
                 if teachers:
                     student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
                     mask = batch["video_mask"][batch["query_video"]]
                     kl = multi_teacher_kl(student_pos.float(), [batch[f"teacher:{k}"] for k in teachers], mask,
                                           t.distill_temperature)
                     loss = loss + w * kl
-                    sums["distill"] += float(kl)
+                    sums["distill"] += float(kl.detach())
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             step += 1
-            sums["loss"] += float(loss)
+            sums["loss"] += float(loss.detach())
         record: dict[str, Any] = {"epoch": epoch, "step": step, "distill_weight": w if teachers else 0.0,
                                   "lr": optimizer.param_groups[0]["lr"],
                                   **{("loss" if k == "loss" else f"loss_{k}"): v / steps_per_epoch for k, v in sums.items()}}
