@@ -149,7 +149,7 @@ class TrainConfig(_Strict):
 
 class EvaluateConfig(_Strict):
     split: str = "test"
-    query_chunk: int = Field(default=1024, ge=1)
+    query_chunk: int = Field(default=256, ge=1, description="queries scored at once: memory ~ chunk x videos x frames")
     checkpoint: Literal["best", "last"] = "best"
 
 
