@@ -101,6 +101,27 @@ def test_stack_and_deployment_end_to_end(tmp_path):
         assert status["complete"]
         left_out = {k for s in status["shards"] for k in s["failed_videos"]}
         assert left_out == {"bad_empty", "bad_trunc", "bad_text"}
+
+        # The whole DAG on a tiny synthetic world: extract, teacher, train, evaluate.
+        world = tmp_path / "world"
+        prvr(["synth", str(world), "--preset", "small", "--videos", "10", "--seed", "3"], env)
+        full_cfg = tmp_path / "full.yaml"
+        full_cfg.write_text(json.dumps({
+            "name": "tiny", "dataset": {"root": str(world)}, "store": str(world / "features.zarr"),
+            "runs_dir": str(tmp_path / "runs"),
+            "extract": {"shard_size": 4, "device": "cpu", "decode_workers": 1,
+                        "teacher": {"model": "prvr-tiny", "pretrained": None}},
+            "train": {"epochs": 2, "batch_videos": 4, "hidden": 32, "device": "cpu"},
+        }))
+        run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "prvr/full",
+                              "--param", f"config_path={full_cfg}", "--watch", "--watch-timeout", "500"],
+                             env=api, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0 and "Completed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+        metrics = json.loads((tmp_path / "runs" / "tiny" / "metrics.json").read_text())
+        assert "DL-DKD student (fused)" in metrics["methods"] and (tmp_path / "runs/tiny/report.md").exists()
+        hits = json.loads(prvr(["search", str(full_cfg), "a red circle moves to the left", "--top", "3", "--json"],
+                               env).stdout)
+        assert len(hits) == 3 and all(0 <= h["moment"][0] <= h["moment"][1] for h in hits)
     finally:
         logs = "\n".join(p.read_text()[-2000:] for p in (tmp_path / "stack").glob("*.log"))
         prvr(["stack", "down"], env, check=False)
