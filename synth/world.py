@@ -202,8 +202,9 @@ def _event_params(action: str, rng: np.random.Generator) -> dict[str, float]:
     if action == "shrink":
         return {"factor": _uniform(rng, 0.4, 0.6)}
     if action == "spin":
-        # 35-60 deg/s: at 1 fps sampling no shape's symmetry (72, 90, 120 deg) hides it.
-        return {"degrees_per_s": _uniform(rng, 35.0, 60.0) * float(rng.choice([-1.0, 1.0]))}
+        # 32-45 deg/s: frames sampled once a second differ by a clearly visible turn even
+        # for the most symmetric shape (the star repeats every 72 deg, the square every 90).
+        return {"degrees_per_s": _uniform(rng, 32.0, 45.0) * float(rng.choice([-1.0, 1.0]))}
     if action == "blink":
         # Just under a second on and off: frames sampled once a second (the usual rate of
         # feature extraction) then alternate between on and off instead of aliasing.
