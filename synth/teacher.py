@@ -124,6 +124,10 @@ def train_synth_teacher(
     """Train the prvr-synth CLIP on stills of the world generated in `world` (its preset
     sets frame size and palette) and save it to `out` (default WORLD/teacher/prvr-synth.pt)
     with a JSON report beside it. Deterministic per seed on a given machine and thread count."""
+    if steps < 1 or batch_size < 2 or heldout_stills < 2:
+        raise ValueError("need steps >= 1, batch_size >= 2 and heldout_stills >= 2")
+    if batch_size > train_stills:
+        raise ValueError(f"batch_size {batch_size} exceeds train_stills {train_stills}")
     started = time.perf_counter()
     world = Path(world)
     preset_data = read_world_info(world)["preset"]
