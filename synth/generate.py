@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -86,14 +87,21 @@ def _per_split(rows: list[dict]) -> dict[str, int]:
     return {s: sum(r["split"] == s for r in rows) for s in SPLITS}
 
 
+_OUR_VIDEO = re.compile(r"\.?v\d{5}(\.\d+\.partial)?\.mp4")
+
+
 def _clear_previous(out: Path, overwrite: bool) -> None:
+    """Make room for a new world. Another dataset is only replaced when asked to; the
+    leftovers of an interrupted generation (our video names, no manifest yet) always are."""
     ours = [out / VIDEOS_FILE, out / QUERIES_FILE, out / SCENES_FILE, out / WORLD_FILE]
-    if not overwrite and any(p.exists() for p in ours):
-        raise FileExistsError(f"{out} already holds a dataset; pass overwrite=True or choose another folder")
+    videos_dir = out / VIDEOS_DIR
+    foreign = videos_dir.is_dir() and any(not _OUR_VIDEO.fullmatch(p.name) for p in videos_dir.iterdir())
+    if (foreign or any(p.exists() for p in ours)) and not overwrite:
+        raise FileExistsError(f"{out} already holds a dataset or videos; pass overwrite=True or choose another folder")
     for p in ours:
         p.unlink(missing_ok=True)
-    if (out / VIDEOS_DIR).is_dir():
-        shutil.rmtree(out / VIDEOS_DIR)
+    if videos_dir.is_dir():
+        shutil.rmtree(videos_dir)
 
 
 def _render_all(scenes: list[Scene], videos_dir: Path, workers: int, progress: Callable[[int, int], None] | None) -> None:
@@ -120,13 +128,13 @@ def generate_world(
     annotations and the same decoded frames, whatever `workers` is."""
     started = time.perf_counter()
     spec = get_preset(preset, frame_size=frame_size, fps=fps)
+    scenes = plan_world(videos, seed, spec, describe=query_text)  # bad arguments fail before any file is touched
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out, overwrite)
-    scenes = plan_world(videos, seed, spec, describe=query_text)
 
     videos_dir = out / VIDEOS_DIR
-    videos_dir.mkdir()
+    videos_dir.mkdir(exist_ok=True)
     _render_all(scenes, videos_dir, max(1, workers), progress)
 
     # Manifests last: a folder with a manifest always has every video it names.

@@ -68,8 +68,29 @@ def test_a_different_seed_gives_a_different_world(world: Path, tmp_path: Path):
 
 
 def test_an_existing_world_is_not_overwritten_silently(world: Path):
+    before = (world / "queries.jsonl").read_bytes()
     with pytest.raises(FileExistsError):
         generate_world(world, 2, SEED, preset="small")
+    assert (world / "queries.jsonl").read_bytes() == before
+
+
+def test_leftovers_of_an_interrupted_run_are_replaced_but_foreign_videos_are_not(tmp_path: Path):
+    out = tmp_path / "w"
+    (out / "videos").mkdir(parents=True)
+    (out / "videos" / "v00000.mp4").write_bytes(b"half a video")
+    generate_world(out, 2, SEED, preset="small", workers=1)
+    assert len(decode_all(out / "videos" / "v00000.mp4")) > 0
+    first = (out / "queries.jsonl").read_bytes()
+    generate_world(out, 2, SEED + 1, preset="small", workers=1, overwrite=True)
+    assert (out / "queries.jsonl").read_bytes() != first
+    load_manifest(out)
+
+    foreign = tmp_path / "f"
+    (foreign / "videos").mkdir(parents=True)
+    (foreign / "videos" / "holiday.mp4").write_bytes(b"someone else's")
+    with pytest.raises(FileExistsError):
+        generate_world(foreign, 2, SEED, preset="small")
+    assert (foreign / "videos" / "holiday.mp4").read_bytes() == b"someone else's"
 
 
 # ---------------------------------------------------------------- manifests
