@@ -155,12 +155,13 @@ def synth_teacher(
     world: Path = typer.Argument(..., help="a world made by `prvr synth`"),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="checkpoint path (default WORLD/teacher/prvr-synth.pt)"),
+    steps: int = typer.Option(400, "--steps", min=1, help="optimisation steps (fewer: faster, weaker teacher)"),
 ) -> None:
     """Train the synthetic-domain CLIP teacher: sees appearance, blind to actions."""
     from synth.teacher import train_synth_teacher
 
     try:
-        report = train_synth_teacher(world, out, seed=seed, log_every=50)
+        report = train_synth_teacher(world, out, seed=seed, steps=steps, log_every=50)
     except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     typer.echo(str(report))

@@ -15,6 +15,7 @@ from prvr.env import PROJECT_ROOT, apply_defaults
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 WORLD = PROJECT_ROOT / "data" / "demo"
 BIN = Path(sys.executable).parent
+DEMO_TEACHER_STEPS = 150
 
 
 def _step(title: str) -> float:
@@ -46,7 +47,8 @@ def main() -> None:
 
     t = _step("synthetic-domain teacher (prvr synth-teacher)")
     if not (WORLD / "teacher" / "prvr-synth.pt").exists():
-        _call([str(BIN / "prvr"), "synth-teacher", str(WORLD), "--seed", "0"], env)
+        # 150 steps keep the demo within minutes; the teacher is weaker than at the default 400.
+        _call([str(BIN / "prvr"), "synth-teacher", str(WORLD), "--seed", "0", "--steps", str(DEMO_TEACHER_STEPS)], env)
     else:
         print("reusing the trained teacher")
     timings["teacher"] = time.perf_counter() - t
