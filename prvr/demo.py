@@ -66,6 +66,16 @@ def main() -> None:
 
     _step("result")
     _call([str(BIN / "prvr"), "status", str(DEMO_CONFIG)], env)
+    from configs.schema import load_config
+    from stages.report import markdown_table, metrics_table_rows
+    from storage.runs import RunPaths
+
+    cfg = load_config(DEMO_CONFIG)
+    paths = RunPaths.of(cfg.runs_dir, cfg.name)
+    metrics = json.loads(paths.metrics.read_text())
+    print(f"\ntest split of the demo world ({metrics['queries']} queries, {metrics['videos']} videos):\n")
+    print(markdown_table(metrics_table_rows(metrics)))
+    print(f"report: {paths.report}")
     timings["total"] = time.perf_counter() - started
     print("\ntimings (s): " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
     print(f"Prefect UI: {where.ui_url}  (the stack stays up; `make down` stops it)")
