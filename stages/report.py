@@ -14,11 +14,11 @@ import io
 import json
 import math
 import numbers
-import os
 import re
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from storage.runs import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -114,19 +114,7 @@ def _json_text(value: Any) -> str:
 
 # ---- files ------------------------------------------------------------------------
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # os.open with mode 0o666 honours the umask (tempfile would leave the file 0600).
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 # ---- plots ------------------------------------------------------------------------
