@@ -35,8 +35,8 @@ def search(cfg: RunConfig, text: str, top: int = 10, splits: list[str] | None = 
     gallery = load_videos(cfg, splits or store.text_splits(), store)
     teacher = next(t for t in cfg.extract.teacher if t.key == token_model(cfg.extract))
     encoder = load_clip_encoder(teacher.model, teacher.pretrained, device, cfg.extract.seed)
-    stored_tokens, _ = store.text(store.text_splits()[0]).tokens(teacher.key)
-    tokens, lengths = encoder.encode_tokens([text], max_tokens=stored_tokens.shape[1])
+    # The same token budget extraction used for the stored queries.
+    tokens, lengths = encoder.encode_tokens([text], max_tokens=min(cfg.extract.max_tokens, encoder.context_length))
     # The same float16 rounding the stored training tokens went through.
     tokens = tokens.to(torch.float16).float().to(device)
     token_mask = (torch.arange(tokens.shape[1]) < lengths[:, None]).to(device)
