@@ -12,18 +12,17 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from models.clip import ClipEncoder
-from synth.captions import COLOUR_WORDS, POSITION_WORDS, SHAPE_WORDS, SIZE_WORDS, still_caption
+from synth.captions import still_caption
 from synth.generate import read_world_info
-from synth.presets import SIZES, Preset, get_preset
+from synth.presets import Preset, get_preset
 from synth.render import render_frame
 from synth.world import Still, grid_cell, plan_still
 
@@ -47,18 +46,12 @@ class TeacherReport:
     seed: int
     seconds: float
     threads: int
-    attribute_accuracy: dict[str, float] = field(default_factory=dict)  # percent, one-object stills
-    attribute_chance: dict[str, float] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
         return [
             f"synthetic teacher {self.model}: {self.checkpoint}",
             f"  held-out stills text->image R@1 {self.r1:.1f}% (chance {self.chance_r1:.2f}%), R@5 {self.r5:.1f}% "
             f"over {self.heldout} stills",
-            "  zero-shot attribute accuracy: " + ", ".join(
-                f"{name} {value:.0f}% (chance {self.attribute_chance[name]:.0f}%)"
-                for name, value in self.attribute_accuracy.items()
-            ),
             f"  {self.steps} steps of {self.batch_size} on {self.train_stills} stills, final loss {self.final_loss:.3f}; "
             f"{self.seconds:.0f} s on {self.threads} CPU thread(s)",
             f"  use it as: teacher: {{model: {self.model}, pretrained: {self.checkpoint}}}",
@@ -89,46 +82,9 @@ def make_stills(count: int, preset: Preset, rng: np.random.Generator) -> StillSe
     return StillSet(frames, objects)
 
 
-def captions_for(stills: StillSet, rng: np.random.Generator, index: np.ndarray | None = None) -> list[str]:
+def captions_for(stills: StillSet, rng: np.random.Generator) -> list[str]:
     """Fresh wordings each call: synonyms are learned, not one fixed string per image."""
-    chosen = range(len(stills.objects)) if index is None else index.tolist()
-    return [still_caption(stills.objects[i], rng) for i in chosen]
-
-
-def shuffled_batches(count: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless batches: each epoch a fresh random order, the last partial batch dropped."""
-    while True:
-        order = rng.permutation(count)
-        for start in range(0, count - batch_size + 1, batch_size):
-            yield order[start:start + batch_size]
-
-
-@torch.inference_mode()
-def attribute_accuracy(encoder: ClipEncoder, preset: Preset, rng: np.random.Generator, count: int = 300) -> dict[str, float]:
-    """Zero-shot accuracy (percent) per attribute on one-object stills: the caption with the
-    true attribute against the same caption with each other value of that attribute."""
-    stills = [plan_still(rng, preset, two_objects_p=0.0) for _ in range(count)]
-    images, _ = encoder.encode_frames(np.stack([render_frame(s.scene, s.t) for s in stills]))
-    truths = [
-        {"colour": a.colour, "shape": a.shape, "size": a.size, "position": grid_cell(a.x, a.y)}
-        for a in (s.named[0] for s in stills)
-    ]
-    accuracy = {}
-    for attribute, values in attribute_options(preset).items():
-        texts = [canonical_caption(**{**truth, attribute: value}) for truth in truths for value in values]
-        candidates = encoder.encode_sentences(texts, batch_size=512).view(count, len(values), -1)
-        chosen = torch.einsum("nvd,nd->nv", candidates, images).argmax(dim=1)
-        correct = sum(values[int(c)] == truth[attribute] for c, truth in zip(chosen, truths))
-        accuracy[attribute] = 100.0 * correct / count
-    return accuracy
-
-
-def attribute_options(preset: Preset) -> dict[str, list[str]]:
-    return {"colour": list(preset.colours), "shape": list(preset.shapes), "size": list(SIZES), "position": list(POSITION_WORDS)}
-
-
-def canonical_caption(colour: str, shape: str, size: str, position: str) -> str:
-    return f"a {SIZE_WORDS[size][0]} {COLOUR_WORDS[colour][0]} {SHAPE_WORDS[shape][0]} {POSITION_WORDS[position][0]}"
+    return [still_caption(named, rng) for named in stills.objects]
 
 
 def _lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
@@ -163,7 +119,7 @@ def heldout_recall(encoder: ClipEncoder, stills: StillSet, captions: list[str]) 
 def train_synth_teacher(
     world: Path, out: Path | None = None, seed: int = 0, steps: int = 400, batch_size: int = 64,
     train_stills: int = 5000, heldout_stills: int = 500, lr: float = 2e-3, weight_decay: float = 0.05,
-    attribute_stills: int = 200, threads: int | None = None, log_every: int = 0,
+    threads: int | None = None, log_every: int = 0,
 ) -> TeacherReport:
     """Train the prvr-synth CLIP on stills of the world generated in `world` (its preset
     sets frame size and palette) and save it to `out` (default WORLD/teacher/prvr-synth.pt)
@@ -196,13 +152,20 @@ def train_synth_teacher(
         model = encoder.model
         model.train().requires_grad_(True)
         optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+        order_gen = torch.Generator().manual_seed(seed)
         warmup = max(1, steps // 10)
-        batches = shuffled_batches(train_stills, batch_size, np.random.default_rng([seed, 14]))
-        loss_value = float("nan")
+        order = torch.randperm(train_stills, generator=order_gen)
+        captions = captions_for(train_set, caption_rng)
+        cursor, loss_value = 0, float("nan")
         for step in range(steps):
-            index = next(batches)
-            images = encoder.preprocess(torch.from_numpy(train_set.frames[index]))
-            tokens = encoder.tokenize(captions_for(train_set, caption_rng, index))
+            if cursor + batch_size > train_stills:  # next epoch: new order, new wordings
+                order = torch.randperm(train_stills, generator=order_gen)
+                captions = captions_for(train_set, caption_rng)
+                cursor = 0
+            index = order[cursor:cursor + batch_size]
+            cursor += batch_size
+            images = encoder.preprocess(torch.from_numpy(train_set.frames[index.numpy()]))
+            tokens = encoder.tokenize([captions[i] for i in index.tolist()])
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, steps, lr, warmup)
             image_features, text_features, logit_scale = model(images, tokens)
@@ -226,7 +189,6 @@ def train_synth_teacher(
         # Measured through the production loader, from the file just written.
         loaded = ClipEncoder(MODEL_NAME, pretrained=str(out), device="cpu", seed=seed)
         r1, r5 = heldout_recall(loaded, heldout_set, heldout_captions)
-        attributes = attribute_accuracy(loaded, preset, np.random.default_rng([seed, 15]), count=attribute_stills)
         used_threads = torch.get_num_threads()
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
@@ -236,8 +198,6 @@ def train_synth_teacher(
         checkpoint=out.resolve(), model=MODEL_NAME, r1=r1, r5=r5, chance_r1=100.0 / heldout_stills,
         heldout=heldout_stills, train_stills=train_stills, steps=steps, batch_size=batch_size,
         final_loss=loss_value, seed=seed, seconds=time.perf_counter() - started, threads=used_threads,
-        attribute_accuracy=attributes,
-        attribute_chance={name: 100.0 / len(values) for name, values in attribute_options(preset).items()},
     )
     (out.parent / out.with_suffix(".json").name).write_text(report.to_json(), encoding="utf-8")
     return report

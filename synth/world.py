@@ -474,4 +474,3 @@ def plan_still(rng: np.random.Generator, preset: Preset, two_objects_p: float = 
         frames=1, background=background, specks=specks, actors=tuple(actors),
     )
     return Still(scene=scene, t=t, named=tuple(actors))
-

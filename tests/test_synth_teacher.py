@@ -29,7 +29,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_same_seed_gives_the_same_checkpoint_and_another_seed_does_not(world: Path, tmp_path: Path):
-    budget = dict(steps=3, batch_size=32, train_stills=96, heldout_stills=32, attribute_stills=20, threads=1)
+    budget = dict(steps=3, batch_size=32, train_stills=96, heldout_stills=32, threads=1)
     first = train_synth_teacher(world, tmp_path / "a.pt", seed=5, **budget)
     second = train_synth_teacher(world, tmp_path / "b.pt", seed=5, **budget)
     third = train_synth_teacher(world, tmp_path / "c.pt", seed=6, **budget)
@@ -66,9 +66,6 @@ def test_teacher_beats_chance_on_heldout_stills_through_the_production_loader(wo
     assert r1 >= 10 * chance, (r1, r5)
     assert r5 >= 10 * 5 * chance, (r1, r5)
     assert report.r1 >= 10 * report.chance_r1
-    # What a still shows best: colour and size, far above chance.
-    assert report.attribute_accuracy["colour"] >= 3 * report.attribute_chance["colour"]
-    assert report.attribute_accuracy["size"] >= 1.5 * report.attribute_chance["size"]
 
     # Good at appearance, blind to action: on one-object stills, swapping the colour word
     # for another colour costs the right caption its lead, while swapping what the object
