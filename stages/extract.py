@@ -219,6 +219,8 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
     }
     meta: dict[str, tuple[Video, object]] = {}
     order: list[str] = []
+    pending: dict[str, dict[str, np.ndarray]] = {}  # finished outputs of videos not yet written
+    feature_names = list(enc.feature_dims())
     written = 0
     frames_total = 0
 
@@ -241,8 +243,6 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
             written += 1
             frames_total += len(decoded.plan.times)
 
-    pending: dict[str, dict[str, np.ndarray]] = {}
-    feature_names = list(enc.feature_dims())
     requests = [
         DecodeRequest(key=v.video_id, path=str(v.path), fps=ex.fps, max_frames=ex.max_frames, short_side=short_side,
                       window=ex.window if needs_windows else None, stride=ex.window_stride)
