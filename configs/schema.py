@@ -47,8 +47,23 @@ class TeacherSpec(_Strict):
         return v
 
 
+class ReleaseSource(_Strict):
+    """A published feature release (MS-SL / DL-DKD / GMMFormer layout) used instead of raw videos.
+
+    The extract stage then imports the release into the store (`prvr import ms-sl` does the same).
+    """
+
+    format: Literal["ms-sl"] = "ms-sl"
+    collection: str = Field(pattern=r"^[a-z0-9_-]+$", description="tvr, activitynet, charades, ...")
+    feature: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="FeatureData/<feature>, e.g. i3d_resnet")
+    text: str = Field(default="roberta", pattern=r"^[a-z0-9_-]+$", description="token features for the student")
+    shard_size: int = Field(default=500, ge=1, description="videos per imported shard")
+
+
 class DatasetConfig(_Strict):
-    root: Path = Field(description="folder holding videos.jsonl, queries.jsonl and the video files")
+    root: Path = Field(description="folder holding videos.jsonl, queries.jsonl and the video files; "
+                                   "with `release`, the folder holding the release")
+    release: ReleaseSource | None = None
 
 
 class ExtractConfig(_Strict):
@@ -153,6 +168,23 @@ class EvaluateConfig(_Strict):
     checkpoint: Literal["best", "last"] = "best"
 
 
+class RunnerConfig(_Strict):
+    """Where the shard tasks run: threads in the flow's process, or a Dask cluster."""
+
+    kind: Literal["threads", "dask", "local-dask"] = "threads"
+    address: str | None = Field(default=None, description="dask scheduler address, e.g. tcp://10.0.0.5:8786 (kind dask)")
+    workers: int = Field(default=2, ge=1, description="worker processes of a local Dask cluster (kind local-dask)")
+    threads_per_worker: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _address_for_dask(self) -> RunnerConfig:
+        if self.kind == "dask" and not self.address:
+            raise ValueError("runner.kind dask needs runner.address (the scheduler, e.g. tcp://host:8786)")
+        if self.kind != "dask" and self.address:
+            raise ValueError(f"runner.address is only used with runner.kind dask, not {self.kind}")
+        return self
+
+
 class RunConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     dataset: DatasetConfig
@@ -161,12 +193,19 @@ class RunConfig(_Strict):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")
     def _train_inputs_are_extracted(self) -> RunConfig:
-        missing = [v for v in self.train.visual if v not in self.extract.visual]
-        if missing:
-            raise ValueError(f"train.visual {missing} not in extract.visual {self.extract.visual}")
+        release = self.dataset.release
+        if release is not None:
+            if self.train.visual != [release.feature]:
+                raise ValueError(f"train.visual must be [{release.feature}] (the release's feature), "
+                                 f"got {self.train.visual}")
+        else:
+            missing = [v for v in self.train.visual if v not in self.extract.visual]
+            if missing:
+                raise ValueError(f"train.visual {missing} not in extract.visual {self.extract.visual}")
         keys = [t.key for t in self.extract.teacher]
         unknown = [t for t in (self.train.teachers or []) if t not in keys]
         if unknown:

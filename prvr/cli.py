@@ -16,6 +16,9 @@ apply_defaults()  # before anything imports prefect
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 stack_app = typer.Typer(no_args_is_help=True, help="The local Prefect stack: server, work pool, deployments, worker.")
 app.add_typer(stack_app, name="stack")
+import_app = typer.Typer(no_args_is_help=True, help="Bring existing datasets in: published feature releases "
+                         "(ms-sl) or raw annotation releases (tvr, activitynet, charades) as a native manifest.")
+app.add_typer(import_app, name="import")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -194,6 +197,12 @@ def stack_status(port: Optional[int] = typer.Option(None)) -> None:
     typer.echo(json.dumps(info, indent=2))
     if not info["healthy"]:
         raise typer.Exit(1)
+
+
+from prvr import cli_annotations, cli_release  # noqa: E402  (they register commands on import_app)
+
+cli_release.register(import_app, _fail)
+cli_annotations.register(import_app, _fail)
 
 
 def main() -> None:  # pragma: no cover
