@@ -1,0 +1,617 @@
+"""Raw annotation releases (TVR, ActivityNet Captions, Charades-STA) to the native manifest.
+
+The user holds the release files and their own copies of the videos. `plan_import`
+reads and validates the annotations, finds every video in the user's folder and
+builds the manifest rows (no writes); `write_import` writes them under the dataset
+root, atomically. Every problem in the annotations is collected and reported at once,
+naming the file and line (JSONL / text) or the video id (JSON), like stages/manifest.py.
+
+Split conventions follow the PRVR papers (MS-SL, DL-DKD):
+  * TVR: train -> train, val -> test; `val_fraction` of the train videos -> val.
+  * ActivityNet Captions: train.json -> train, val_1.json -> val, val_2.json -> test.
+  * Charades-STA: train -> train, test -> test; `val_fraction` of the train videos -> val.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE
+
+DATASETS = ("tvr", "activitynet", "charades")
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order when a stem has several
+REPORT_FILE = "import_report.json"
+VIDEOS_LINK = "videos"
+MAX_LISTED = 50  # problems listed in one error; the rest are counted
+EXAMPLES = 10  # ids shown in summaries of dropped / ambiguous videos
+PROGRESS_EVERY = 10_000  # lines between progress callbacks (TVR train has ~87k)
+
+# Release file name -> our split before the val hold-out; None: recognised but not imported.
+RELEASE_FILES: dict[str, dict[str, str | None]] = {
+    "tvr": {
+        "tvr_train_release.jsonl": "train",
+        "tvr_val_release.jsonl": "test",  # the PRVR papers report on TVR val
+        # No moments and not used by the PRVR papers; skipped rather than half-supported.
+        "tvr_test_public_release.jsonl": None,
+    },
+    "activitynet": {"train.json": "train", "val_1.json": "val", "val_2.json": "test"},
+    "charades": {"charades_sta_train.txt": "train", "charades_sta_test.txt": "test"},
+}
+# Datasets whose val split is held out of train (ActivityNet ships its own, val_1).
+HOLDS_OUT_VAL = ("tvr", "charades")
+
+Progress = Callable[[str, int], None]  # (file name, lines or entries read so far)
+
+
+class AnnotationError(ValueError):
+    """Annotations (or an import request) that cannot be converted; lists every problem."""
+
+
+def _problems_error(title: str, problems: list[str], max_listed: int = MAX_LISTED) -> AnnotationError:
+    shown = problems[:max_listed]
+    more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
+    return AnnotationError(f"{title}:\n  - " + "\n  - ".join(shown) + more)
+
+
+# ---------------------------------------------------------------------------- release files
+
+
+@dataclass(frozen=True)
+class ReleaseFile:
+    path: Path
+    split: str  # our split, before the val hold-out
+
+
+def release_files(dataset: str, annotations: Path) -> tuple[list[ReleaseFile], list[str]]:
+    """The release files to read from `annotations` (a folder, or one release file).
+
+    Returns the files in split order and notes about recognised files that are skipped.
+    In a folder, files with other names are ignored (releases ship extra files).
+    """
+    if dataset not in RELEASE_FILES:
+        raise AnnotationError(f"unknown dataset {dataset!r}; one of {list(DATASETS)}")
+    known = RELEASE_FILES[dataset]
+    if annotations.is_file():
+        if annotations.name not in known:
+            raise AnnotationError(f"{annotations}: unknown file name {annotations.name!r} for {dataset}; "
+                                  f"expected one of {sorted(known)}")
+        candidates = [annotations]
+    elif annotations.is_dir():
+        candidates = [annotations / name for name in known if (annotations / name).is_file()]
+        if not candidates:
+            raise AnnotationError(f"{annotations}: none of the {dataset} release files is there; "
+                                  f"expected one or more of {sorted(known)}")
+    else:
+        raise AnnotationError(f"{annotations}: no such file or folder")
+    files, notes = [], []
+    for path in candidates:
+        split = known[path.name]
+        if split is None:
+            notes.append(f"{path.name} skipped: it has no moments and the PRVR papers do not use it")
+        else:
+            files.append(ReleaseFile(path, split))
+    files.sort(key=lambda f: SPLITS.index(f.split))
+    if not files:
+        raise AnnotationError(f"{annotations}: nothing to import ({'; '.join(notes)})")
+    return files, notes
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class RawVideo:
+    video_id: str
+    split: str
+    duration: float | None
+    source: str  # release file name, to name the other file when a video is in two
+
+
+@dataclass(frozen=True)
+class RawQuery:
+    query_id: str
+    video_id: str
+    text: str
+    moment: tuple[float, float] | None
+    clamped: bool = False  # the moment ran past [0, duration] and was clamped into it
+
+
+@dataclass
+class Parsed:
+    videos: dict[str, RawVideo] = field(default_factory=dict)  # in order of first appearance
+    queries: list[RawQuery] = field(default_factory=list)
+    sources: list[dict] = field(default_factory=list)  # per file: name, path, split, records
+    problems: list[str] = field(default_factory=list)
+    _query_where: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def add_video(self, video_id: str, split: str, duration: float | None, source: str, where: str) -> bool:
+        """Register a video (repeats within one file are normal); False if it is in another file too."""
+        seen = self.videos.get(video_id)
+        if seen is None:
+            self.videos[video_id] = RawVideo(video_id, split, duration, source)
+            return True
+        if seen.source != source:
+            # A video in two files would sit in two splits; the manifest forbids that.
+            self.problems.append(f"{where}: video {video_id!r} is also in {seen.source}")
+            return False
+        if seen.duration is None:
+            seen.duration = duration
+        return True
+
+    def add_query(self, query: RawQuery, where: str) -> None:
+        first = self._query_where.get(query.query_id)
+        if first is not None:
+            self.problems.append(f"{where}: duplicate query id {query.query_id!r} (first at {first})")
+            return
+        self._query_where[query.query_id] = where
+        self.queries.append(query)
+
+
+def _number(value: object) -> float | None:
+    """A finite float from a JSON number; None for anything else (strings, bools, NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _text_number(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _moment(start: float, end: float, duration: float | None, where: str,
+            problems: list[str]) -> tuple[tuple[float, float], bool] | None:
+    """Check a [start, end] moment and clamp it into [0, duration] when the duration is known.
+
+    Real releases have a few ends slightly past the duration (rounding in the
+    annotation tool): those are clamped and counted. A start after its end, or a
+    negative time, is an annotation error and is reported.
+    """
+    if start < 0 or end < 0:
+        problems.append(f"{where}: negative time in moment [{start:g}, {end:g}]")
+        return None
+    if start > end:
+        problems.append(f"{where}: moment start {start:g} is after its end {end:g}")
+        return None
+    if duration is None:
+        return (start, end), False
+    clamped = (min(start, duration), min(end, duration))
+    return clamped, clamped != (start, end)
+
+
+def _text(value: object) -> str | None:
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _jsonl_lines(path: Path, problems: list[str], progress: Progress | None) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as f:
+        n = 0
+        for n, line in enumerate(f, 1):
+            if progress is not None and n % PROGRESS_EVERY == 0:
+                progress(path.name, n)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(f"{path.name}:{n}: not valid JSON ({e.msg})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{path.name}:{n}: expected a JSON object")
+                continue
+            yield n, obj
+        if progress is not None:
+            progress(path.name, n)
+
+
+def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
+    records = 0
+    for n, obj in _jsonl_lines(rf.path, parsed.problems, progress):
+        where = f"{rf.path.name}:{n}"
+        missing = [k for k in ("desc_id", "desc", "vid_name", "ts") if k not in obj]
+        if missing:
+            parsed.problems.append(f"{where}: missing key(s) {missing}")
+            continue
+        desc_id, text, vid = obj["desc_id"], _text(obj["desc"]), _text(obj["vid_name"])
+        if isinstance(desc_id, bool) or not isinstance(desc_id, int):
+            parsed.problems.append(f"{where}: `desc_id` must be an integer, got {desc_id!r}")
+            continue
+        if text is None or vid is None:
+            parsed.problems.append(f"{where}: `desc` and `vid_name` must be non-empty strings")
+            continue
+        duration = None
+        if obj.get("duration") is not None:
+            duration = _number(obj["duration"])
+            if duration is None or duration <= 0:
+                parsed.problems.append(f"{where}: `duration` must be a positive number, got {obj['duration']!r}")
+                continue
+        ts = obj["ts"]
+        times = [_number(t) for t in ts] if isinstance(ts, list) and len(ts) == 2 else [None]
+        if None in times:
+            parsed.problems.append(f"{where}: `ts` must be [start, end] in seconds, got {ts!r}")
+            continue
+        checked = _moment(times[0], times[1], duration, where, parsed.problems)
+        if checked is None or not parsed.add_video(vid, rf.split, duration, rf.path.name, where):
+            continue
+        parsed.add_query(RawQuery(str(desc_id), vid, text, checked[0], checked[1]), where)
+        records += 1
+    return records
+
+
+def _parse_activitynet(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
+    name = rf.path.name
+    try:
+        data = json.loads(rf.path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        parsed.problems.append(f"{name}:{e.lineno}: not valid JSON ({e.msg})")
+        return 0
+    if not isinstance(data, dict):
+        parsed.problems.append(f"{name}: expected a JSON object mapping video ids to annotations")
+        return 0
+    records = 0
+    for i, (vid, entry) in enumerate(data.items(), 1):
+        if progress is not None and i % PROGRESS_EVERY == 0:
+            progress(name, i)
+        where = f"{name}: video {vid!r}"
+        records += _activitynet_video(rf, vid, entry, where, parsed)
+    if progress is not None:
+        progress(name, len(data))
+    return records
+
+
+def _activitynet_video(rf: ReleaseFile, vid: str, entry: object, where: str, parsed: Parsed) -> int:
+    if not isinstance(entry, dict):
+        parsed.problems.append(f"{where}: expected an object with duration, timestamps, sentences")
+        return 0
+    missing = [k for k in ("duration", "timestamps", "sentences") if k not in entry]
+    if missing:
+        parsed.problems.append(f"{where}: missing key(s) {missing}")
+        return 0
+    duration, stamps, sentences = _number(entry["duration"]), entry["timestamps"], entry["sentences"]
+    if duration is None or duration <= 0:
+        parsed.problems.append(f"{where}: `duration` must be a positive number, got {entry['duration']!r}")
+        return 0
+    if not isinstance(stamps, list) or not isinstance(sentences, list) or len(stamps) != len(sentences):
+        parsed.problems.append(f"{where}: `timestamps` and `sentences` must be lists of the same length")
+        return 0
+    if not vid.strip() or not parsed.add_video(vid, rf.split, duration, rf.path.name, where):
+        return 0
+    records = 0
+    for k, (stamp, sentence) in enumerate(zip(stamps, sentences)):
+        here = f"{where} sentence {k}"
+        times = [_number(t) for t in stamp] if isinstance(stamp, list) and len(stamp) == 2 else [None]
+        text = _text(sentence)
+        if None in times or text is None:
+            parsed.problems.append(f"{here}: need a [start, end] pair of numbers and a non-empty sentence, "
+                                   f"got {stamp!r}, {sentence!r}")
+            continue
+        checked = _moment(times[0], times[1], duration, here, parsed.problems)
+        if checked is not None:
+            parsed.add_query(RawQuery(f"{vid}#{k}", vid, text, checked[0], checked[1]), here)
+            records += 1
+    return records
+
+
+def _parse_charades(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
+    per_video: Counter[str] = Counter()  # k in "{vid}#{k}": the video's sentences in file order
+    records = 0
+    with rf.path.open(encoding="utf-8") as f:
+        n = 0
+        for n, line in enumerate(f, 1):
+            if progress is not None and n % PROGRESS_EVERY == 0:
+                progress(rf.path.name, n)
+            if not line.strip():
+                continue
+            where = f"{rf.path.name}:{n}"
+            head, sep, sentence = line.partition("##")
+            fields, text = head.split(), _text(sentence)
+            if not sep or len(fields) != 3 or text is None:
+                parsed.problems.append(f"{where}: expected `<video_id> <start> <end>##<sentence>`, got {line.strip()!r}")
+                continue
+            vid, start, end = fields[0], _text_number(fields[1]), _text_number(fields[2])
+            if start is None or end is None:
+                parsed.problems.append(f"{where}: start and end must be numbers, got {fields[1]!r} {fields[2]!r}")
+                continue
+            checked = _moment(start, end, None, where, parsed.problems)
+            if checked is None or not parsed.add_video(vid, rf.split, None, rf.path.name, where):
+                continue
+            parsed.add_query(RawQuery(f"{vid}#{per_video[vid]}", vid, text, checked[0], checked[1]), where)
+            per_video[vid] += 1
+            records += 1
+    if progress is not None:
+        progress(rf.path.name, n)
+    return records
+
+
+_PARSERS: dict[str, Callable[[ReleaseFile, Parsed, Progress | None], int]] = {
+    "tvr": _parse_tvr, "activitynet": _parse_activitynet, "charades": _parse_charades,
+}
+
+
+def parse_release(dataset: str, files: list[ReleaseFile], progress: Progress | None = None) -> Parsed:
+    """Read every release file; raise AnnotationError listing all problems in all files."""
+    parsed = Parsed()
+    for rf in files:
+        records = _PARSERS[dataset](rf, parsed, progress)
+        parsed.sources.append({"file": rf.path.name, "path": str(rf.path.resolve()), "split": rf.split,
+                               "queries": records})
+    if parsed.problems:
+        names = ", ".join(rf.path.name for rf in files)
+        raise _problems_error(f"{len(parsed.problems)} problem(s) in the {dataset} annotations ({names})",
+                              parsed.problems)
+    return parsed
+
+
+# ---------------------------------------------------------------------------- val hold-out
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0 <= fraction < 1:
+        raise AnnotationError(f"--val-fraction must be in [0, 1), got {fraction}")
+
+
+def hold_out_val(train_ids: list[str], fraction: float, seed: int) -> set[str]:
+    """The train video ids to move to val: a seeded `fraction` of whole videos.
+
+    Drawn from the sorted ids, so the result depends only on the set of train videos
+    in the release, the fraction and the seed (not on file order, nor on which videos
+    the user happens to have: the hold-out is drawn before missing videos are dropped).
+    """
+    _check_fraction(fraction)
+    ids = sorted(train_ids)
+    if fraction == 0 or len(ids) < 2:
+        return set()
+    count = min(max(1, round(fraction * len(ids))), len(ids) - 1)  # keep at least one train video
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return {ids[i] for i in order[:count]}
+
+
+# ---------------------------------------------------------------------------- video files
+
+
+@dataclass
+class VideoIndex:
+    folder: Path  # resolved
+    files: dict[str, Path]  # stem -> path relative to `folder` (the preferred one if several)
+    ambiguous: dict[str, list[str]]  # stem -> every candidate, when there were several
+    folders: set[str]  # names of subfolders: TVR often ships frame folders named by video id
+
+
+def index_videos(folder: Path) -> VideoIndex:
+    """Every video file under `folder` (recursively), by file stem."""
+    folder = folder.resolve()
+    if not folder.is_dir():
+        raise AnnotationError(f"--videos {folder}: not a folder")
+    found: dict[str, list[Path]] = {}
+    folders: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        folders.update(dirnames)
+        base = Path(dirpath).relative_to(folder)
+        for name in filenames:
+            path = base / name
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                found.setdefault(path.stem, []).append(path)
+    files, ambiguous = {}, {}
+    for stem, paths in found.items():
+        paths.sort(key=lambda p: (VIDEO_EXTENSIONS.index(p.suffix.lower()), str(p)))
+        files[stem] = paths[0]
+        if len(paths) > 1:
+            ambiguous[stem] = [p.as_posix() for p in paths]
+    return VideoIndex(folder, files, ambiguous, folders)
+
+
+def _aliases(dataset: str, video_id: str) -> list[str]:
+    """File stems a video may have; ActivityNet downloads often drop the "v_" prefix."""
+    if dataset == "activitynet" and video_id.startswith("v_"):
+        return [video_id, video_id[2:]]
+    return [video_id]
+
+
+def _find(dataset: str, video_id: str, index: VideoIndex) -> Path | None:
+    return next((index.files[s] for s in _aliases(dataset, video_id) if s in index.files), None)
+
+
+# ---------------------------------------------------------------------------- the plan
+
+
+@dataclass
+class ImportPlan:
+    out: Path  # the dataset root, resolved
+    link_target: Path | None  # make out/videos -> this when the videos lie outside `out`
+    videos: list[dict]  # videos.jsonl rows
+    queries: list[dict]  # queries.jsonl rows
+    report: dict  # import_report.json
+    missing: list[str] = field(default_factory=list)  # video ids not found (dropped)
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse to overwrite a manifest already in `out` unless `force`."""
+    if out.exists() and not out.is_dir():
+        raise AnnotationError(f"--out {out}: exists and is not a folder")
+    present = [name for name in (VIDEOS_FILE, QUERIES_FILE) if (out / name).exists()]
+    if present and not force:
+        raise AnnotationError(f"--out {out} already holds {', '.join(present)}; pass --force to replace it")
+
+
+def _video_prefix(videos_dir: Path, out: Path) -> tuple[str, Path | None]:
+    """Path prefix of video files inside the dataset root, and the link to make if any."""
+    if videos_dir == out or videos_dir.is_relative_to(out):
+        rel = videos_dir.relative_to(out).as_posix()
+        return ("" if rel == "." else rel + "/"), None
+    return VIDEOS_LINK + "/", videos_dir
+
+
+def _frames_note(dataset: str, missing: list[str], index: VideoIndex) -> str | None:
+    frames = [v for v in missing if v in index.folders]
+    if not frames:
+        return None
+    return (f"{len(frames)} missing video(s) are folders (e.g. {frames[0]!r}), probably frames: frame folders "
+            f"are not supported; encode each into a video first, e.g. `ffmpeg -framerate 3 -pattern_type glob "
+            f"-i '{frames[0]}/*.jpg' -c:v libx264 -pix_fmt yuv420p {frames[0]}.mp4` (TVR frames are 3 fps)")
+
+
+def plan_import(dataset: str, annotations: Path, videos_dir: Path, out: Path, *, val_fraction: float = 0.05,
+                seed: int = 0, strict: bool = False, force: bool = False,
+                progress: Progress | None = None) -> ImportPlan:
+    """Read the release, hold out val, find the videos and build the manifest rows (no writes)."""
+    out = out.resolve()
+    check_out(out, force)  # before the (long) parse, so a refusal comes at once
+    if dataset not in HOLDS_OUT_VAL and val_fraction:
+        raise AnnotationError(f"{dataset} has its own val split; --val-fraction does not apply")
+    _check_fraction(val_fraction)
+    files, notes = release_files(dataset, annotations)
+    parsed = parse_release(dataset, files, progress)
+    val = hold_out_val([v.video_id for v in parsed.videos.values() if v.split == "train"], val_fraction, seed)
+    for vid in val:
+        parsed.videos[vid].split = "val"
+
+    index = index_videos(videos_dir)
+    missing = [vid for vid in parsed.videos if _find(dataset, vid, index) is None]
+    frames_note = _frames_note(dataset, missing, index)
+    if missing and (strict or len(missing) == len(parsed.videos)):
+        listed = [f"video {vid!r} ({parsed.videos[vid].source}): no {'/'.join(VIDEO_EXTENSIONS)} file "
+                  f"named {' or '.join(_aliases(dataset, vid))} under {index.folder}" for vid in missing]
+        why = "--strict" if strict else "no video was found at all"
+        raise _problems_error(f"{len(missing)} of {len(parsed.videos)} videos missing ({why})"
+                              + (f"; {frames_note}" if frames_note else ""), listed)
+    if frames_note:
+        notes.append(frames_note)
+
+    prefix, link_target = _video_prefix(index.folder, out)
+    videos, queries = _rows(dataset, parsed, index, prefix, set(missing))
+    chosen = {Path(row["path"]).stem for row in videos}
+    ambiguous = {stem: paths for stem, paths in index.ambiguous.items() if stem in chosen}
+    if ambiguous:
+        notes.append(f"{len(ambiguous)} video(s) have several files; took the first of "
+                     f"{'/'.join(VIDEO_EXTENSIONS)} (see `ambiguous` in {REPORT_FILE})")
+    report = _report(dataset, annotations, index, out, link_target, parsed, videos, queries, missing,
+                     val_fraction if dataset in HOLDS_OUT_VAL else None, seed, notes, ambiguous)
+    return ImportPlan(out, link_target, videos, queries, report, missing)
+
+
+def _rows(dataset: str, parsed: Parsed, index: VideoIndex, prefix: str,
+          missing: set[str]) -> tuple[list[dict], list[dict]]:
+    videos = []
+    order = sorted(parsed.videos.values(), key=lambda v: SPLITS.index(v.split))  # stable: file order within
+    for v in order:
+        if v.video_id in missing:
+            continue
+        row = {"video_id": v.video_id, "path": prefix + _find(dataset, v.video_id, index).as_posix(),
+               "split": v.split}
+        if v.duration is not None:
+            row["duration"] = v.duration
+        videos.append(row)
+    queries = [{"query_id": q.query_id, "video_id": q.video_id, "text": q.text,
+                "split": parsed.videos[q.video_id].split,
+                "moment": list(q.moment) if q.moment is not None else None}
+               for q in parsed.queries if q.video_id not in missing]
+    return videos, queries
+
+
+def _report(dataset: str, annotations: Path, index: VideoIndex, out: Path, link_target: Path | None,
+            parsed: Parsed, videos: list[dict], queries: list[dict], missing: list[str],
+            val_fraction: float | None, seed: int, notes: list[str], ambiguous: dict[str, list[str]]) -> dict:
+    missing_set = set(missing)
+    clamped = {q.query_id for q in parsed.queries if q.clamped and q.video_id not in missing_set}
+    splits: dict[str, dict[str, int]] = {}
+    for split in SPLITS:
+        all_videos = [v for v in parsed.videos.values() if v.split == split]
+        if not all_videos:
+            continue
+        dropped = {v.video_id for v in all_videos if v.video_id in missing_set}
+        splits[split] = {
+            "videos": sum(r["split"] == split for r in videos),
+            "queries": sum(r["split"] == split for r in queries),
+            "dropped_videos": len(dropped),
+            "dropped_queries": sum(q.video_id in dropped for q in parsed.queries),
+            "clamped": sum(r["split"] == split and r["query_id"] in clamped for r in queries),
+        }
+    return {
+        "dataset": dataset,
+        "annotations": str(annotations.resolve()),
+        "sources": parsed.sources,
+        "videos_dir": str(index.folder),
+        "videos_link": f"{VIDEOS_LINK} -> {link_target}" if link_target is not None else None,
+        "dataset_root": str(out),
+        "val_fraction": val_fraction,
+        "seed": seed if val_fraction else None,
+        "splits": splits,
+        "missing_videos": missing,
+        "ambiguous": ambiguous,
+        "notes": notes,
+    }
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to a temporary file next to `path`; return it (renamed by the caller)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+def _link_videos(out: Path, target: Path, force: bool) -> None:
+    """Make out/videos -> target (absolute); reuse a link that already points there."""
+    link = out / VIDEOS_LINK
+    if link.is_symlink():
+        if Path(os.readlink(link)) == target:
+            return
+        if not force:
+            raise AnnotationError(f"{link} already links to {os.readlink(link)}; pass --force to point it at {target}")
+    elif link.exists():
+        raise AnnotationError(f"{link} exists and is not a link; the videos in {target} lie outside --out and "
+                              f"need that name: pick another --out, or pass --videos {link} if they are the same")
+    tmp = out / f".{VIDEOS_LINK}.{os.getpid()}.partial"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)  # atomic, also when replacing an old link
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+
+
+def write_import(plan: ImportPlan, force: bool = False) -> None:
+    """Write the manifest, the report and the videos link under the dataset root.
+
+    Each file goes to a temporary name and is renamed into place only once all are
+    written, so an interrupted import leaves no half-written manifest.
+    """
+    check_out(plan.out, force)
+    plan.out.mkdir(parents=True, exist_ok=True)
+    if plan.link_target is not None:
+        _link_videos(plan.out, plan.link_target, force)
+    texts = {QUERIES_FILE: _jsonl(plan.queries), VIDEOS_FILE: _jsonl(plan.videos),
+             REPORT_FILE: json.dumps(plan.report, indent=2, ensure_ascii=False) + "\n"}
+    temps: dict[str, Path] = {}
+    try:
+        for name, text in texts.items():
+            temps[name] = _write_atomic(plan.out / name, text)
+        for name, tmp in temps.items():
+            os.replace(tmp, plan.out / name)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
