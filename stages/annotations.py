@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -561,16 +561,17 @@ def _report(dataset: str, annotations: Path, index: VideoIndex, out: Path, link_
 
 def _write_atomic(path: Path, text: str) -> Path:
     """Write `text` to a temporary file next to `path`; return it (renamed by the caller)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    # Not tempfile.mkstemp: its 0600 mode would stick to the manifest; "x" honours the umask.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with tmp.open("x", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
-    return Path(tmp)
+    return tmp
 
 
 def _link_videos(out: Path, target: Path, force: bool) -> None:
@@ -597,19 +598,24 @@ def _jsonl(rows: list[dict]) -> str:
 def write_import(plan: ImportPlan, force: bool = False) -> None:
     """Write the manifest, the report and the videos link under the dataset root.
 
-    Each file goes to a temporary name and is renamed into place only once all are
-    written, so an interrupted import leaves no half-written manifest.
+    Every file is written under a temporary name first. videos.jsonl is the commit
+    point: an old one is removed before the other files are renamed into place and
+    the new one comes last, so an interrupted import leaves either the old manifest,
+    a manifest without videos.jsonl (which load_manifest refuses), or the new one;
+    never a half-written file nor new queries beside old videos.
     """
     check_out(plan.out, force)
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.link_target is not None:
         _link_videos(plan.out, plan.link_target, force)
-    texts = {QUERIES_FILE: _jsonl(plan.queries), VIDEOS_FILE: _jsonl(plan.videos),
-             REPORT_FILE: json.dumps(plan.report, indent=2, ensure_ascii=False) + "\n"}
+    texts = {QUERIES_FILE: _jsonl(plan.queries),
+             REPORT_FILE: json.dumps(plan.report, indent=2, ensure_ascii=False) + "\n",
+             VIDEOS_FILE: _jsonl(plan.videos)}  # last: the commit point
     temps: dict[str, Path] = {}
     try:
         for name, text in texts.items():
             temps[name] = _write_atomic(plan.out / name, text)
+        (plan.out / VIDEOS_FILE).unlink(missing_ok=True)
         for name, tmp in temps.items():
             os.replace(tmp, plan.out / name)
     finally:
