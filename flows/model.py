@@ -13,9 +13,8 @@ from configs.schema import RunConfig
 from stages import evaluate as ev
 from stages import teacher as tc
 from stages import train as tr
-from stages.extract import extraction_status
-from stages.manifest import load_manifest
-from storage.features import FeatureStore
+from stages.sources import source_splits, source_status, stored_teachers
+from storage.features import FeatureStore, StoreError
 
 
 class StoreIncomplete(RuntimeError):
@@ -23,7 +22,11 @@ class StoreIncomplete(RuntimeError):
 
 
 def require_complete_store(config: RunConfig) -> None:
-    status = extraction_status(config, load_manifest(config.dataset.root))
+    try:
+        store = FeatureStore(config.store)
+    except StoreError:
+        store = None
+    status = source_status(config, store)
     if not status["complete"]:
         missing = [s["shard"] for s in status["shards"] if s["state"] != "committed"]
         raise StoreIncomplete(f"the feature store {config.store} is incomplete (shards not committed: {missing}; "
@@ -42,8 +45,12 @@ def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
 @flow(name="teacher", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def teacher_flow(config: RunConfig) -> list[dict]:
     require_complete_store(config)
-    splits = load_manifest(config.dataset.root).splits()
-    futures = [teacher_cache_task.submit(config, key, split) for key in tc.teacher_keys(config) for split in splits]
+    splits = source_splits(config)
+    teachers = stored_teachers(config, FeatureStore(config.store))
+    missing = [k for k in tc.teacher_keys(config) if k not in teachers]
+    if missing:  # a release imported without its teacher files; training says what to do
+        get_run_logger().warning("the store holds no frames of teacher(s) %s: no cache for them", missing)
+    futures = [teacher_cache_task.submit(config, key, split) for key in teachers for split in splits]
     results = [f.result() for f in futures]
     FeatureStore(config.store, mode="a").consolidate()
     return results

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from configs.schema import load_config
 from flows.extract import extract_flow_for
-from stages.manifest import load_manifest
+from stages.sources import check_source, is_release
 
 Stage = Literal["extract", "teacher", "train", "evaluate"]
 ALL_STAGES: list[Stage] = ["extract", "teacher", "train", "evaluate"]
@@ -24,13 +24,18 @@ def prvr_flow(
     from flows.model import evaluate_flow, teacher_flow, train_flow
 
     cfg = load_config(config_path, overrides or {})
-    load_manifest(cfg.dataset.root)  # validated at the door, before any work
+    check_source(cfg)  # the manifest or release validated at the door, before any work
     wanted = [s for s in ALL_STAGES if s in (stages or ALL_STAGES)]
     get_run_logger().info("run %s: stages %s, store %s", cfg.name, wanted, cfg.store)
     results: dict[str, Any] = {}
     # Each subflow raises on failure, so a later stage never starts after a failed one.
     if "extract" in wanted:
-        results["extract"] = extract_flow_for(cfg)(cfg)
+        if is_release(cfg):
+            from flows.release import import_flow
+
+            results["extract"] = import_flow(cfg)
+        else:
+            results["extract"] = extract_flow_for(cfg)(cfg)
     if "teacher" in wanted:
         results["teacher"] = teacher_flow(cfg)
     if "train" in wanted:

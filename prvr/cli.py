@@ -27,15 +27,19 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _load(config: Path, overrides: list[str]):
+    """The validated config; its dataset (manifest or release) checked too. Exits 2 on any problem."""
     from configs.schema import ConfigError, load_config
-    from stages.manifest import ManifestError, load_manifest
+    from stages.manifest import ManifestError
+    from stages.release import ReleaseError
+    from stages.release_formats import ReleaseFormatError
+    from stages.sources import check_source
 
     try:
         cfg = load_config(config, overrides)
-        manifest = load_manifest(cfg.dataset.root)
-    except (ConfigError, ManifestError) as e:
+        check_source(cfg)
+    except (ConfigError, ManifestError, ReleaseError, ReleaseFormatError) as e:
         _fail(str(e))
-    return cfg, manifest
+    return cfg
 
 
 @app.command()
@@ -68,23 +72,15 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Every shard's state under the current config: committed, failed, missing or stale."""
-    from stages.extract import extraction_status
+    from stages.sources import source_status
     from storage.features import FeatureStore, StoreError
 
-    cfg, manifest = _load(config, set_ or [])
+    cfg = _load(config, set_ or [])
     try:
         store = FeatureStore(cfg.store, mode="r")
     except StoreError:
         store = None
-    if store is None:
-        from stages.extract import plan_shards
-
-        report = {"store": cfg.store, "complete": False, "text": {s: "missing" for s in manifest.splits()},
-                  "shards": [{"shard": p.index, "state": "missing", "committed_at": None, "videos": 0,
-                              "videos_in_manifest": len(p.videos), "failed_videos": {}, "error": None,
-                              "note": "no store yet"} for p in plan_shards(manifest, cfg.extract.shard_size)]}
-    else:
-        report = extraction_status(cfg, manifest, store)
+    report = source_status(cfg, store)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -118,7 +114,7 @@ def search(
     from storage.checkpoints import CheckpointError
     from storage.features import StoreError
 
-    cfg, _ = _load(config, set_ or [])
+    cfg = _load(config, set_ or [])
     try:
         hits = run_search(cfg, text, top)
     except (ValueError, StoreError, CheckpointError) as e:

@@ -55,7 +55,8 @@ def _cache_inputs(store: FeatureStore, teacher_key: str, split: str) -> dict:
     text = store.committed_text_fingerprint(split)
     if text is None:
         raise StoreError(f"text of split {split!r} is not committed in {store.location}; run the extract stage")
-    shards = sorted({loc.shard for loc in store.video_index().values() if loc.split == split})
+    stored = store.resolve_split(split)
+    shards = sorted({loc.shard for loc in store.video_index().values() if loc.split == stored})
     return {
         "version": CACHE_VERSION, "teacher": teacher_key, "split": split, "text": text,
         "shards": {str(i): store.committed_shard_fingerprint(i) for i in shards},
@@ -88,6 +89,7 @@ def split_frames(store: FeatureStore, feature: str, split: str) -> SplitFrames:
     import dask.array as da
 
     frames, offsets, video_ids, splits = store.dask_frames(feature)
+    split = store.resolve_split(split)
     keep = [j for j, s in enumerate(splits) if s == split]
     runs: list[list[int]] = []  # contiguous row ranges, so the graph holds slices, not index lists
     for j in keep:

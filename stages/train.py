@@ -115,7 +115,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     store = FeatureStore(cfg.store)
     teachers = distilled_teachers(cfg)
     train_data = load_split(cfg, "train", teachers, store)
-    val_data = load_split(cfg, "val", (), store) if "val" in store.text_splits() else None
+    val_data = load_split(cfg, "val", (), store) if store.has_text_split("val") else None
     data_fp = data_fingerprint(store, teachers)
     config_fp = config_fingerprint(t, data_fp)
 

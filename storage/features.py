@@ -295,10 +295,12 @@ class FeatureStore:
         return frames, times
 
     def split_video_ids(self, split: str) -> list[str]:
+        split = self.resolve_split(split)
         return [vid for vid, loc in self.video_index().items() if loc.split == split]
 
     def iter_split(self, split: str, feature: str) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
         """(video_id, frames, times) for every stored video of a split, reading each shard once."""
+        split = self.resolve_split(split)
         by_shard: dict[int, list[tuple[str, VideoLocation]]] = {}
         for vid, loc in self.video_index().items():
             if loc.split == split:
@@ -350,8 +352,30 @@ class FeatureStore:
             raise StoreError(f"no committed shards in {self.location}")
         return da.concatenate(parts, axis=0), np.asarray(offsets, dtype=np.int64), video_ids, splits
 
+    # ---- split aliases --------------------------------------------------------
+    # Some releases evaluate on the same queries they validate on (MS-SL's TVR and Charades
+    # caption files repeat `val` as `test`): the split is stored once and the other name points to it.
+    def split_aliases(self) -> dict[str, str]:
+        return dict(self.root.attrs.get("split_aliases") or {})
+
+    def set_split_alias(self, alias: str, target: str | None) -> None:
+        aliases = self.split_aliases()
+        if target is None:
+            aliases.pop(alias, None)
+        else:
+            aliases[alias] = target
+        self.root.attrs.update({"split_aliases": aliases})
+
+    def resolve_split(self, split: str) -> str:
+        return self.split_aliases().get(split, split)
+
+    def has_text_split(self, split: str) -> bool:
+        """A committed text split under this name or an alias of it."""
+        return self.text_status(split, None) == "committed"
+
     # ---- text ---------------------------------------------------------------
     def text_status(self, split: str, fingerprint: str | None) -> str:
+        split = self.resolve_split(split)
         if "text" not in self.root or split not in self.root["text"]:
             return "missing"
         committed = self.root["text"][split].attrs.get("committed")
@@ -367,6 +391,7 @@ class FeatureStore:
         return TextWriter(group, len(query_ids), arrays)
 
     def text(self, split: str) -> TextSplit:
+        split = self.resolve_split(split)
         if self.text_status(split, None) != "committed":
             raise StoreError(f"text of split {split!r} is not committed in {self.location}")
         group = self.root["text"][split]
@@ -405,6 +430,7 @@ class FeatureStore:
 
     def committed_text_fingerprint(self, split: str) -> str | None:
         """The fingerprint in a text split's commit marker; None while it is not committed."""
+        split = self.resolve_split(split)
         if "text" not in self.root or split not in self.root["text"]:
             return None
         committed = self.root["text"][split].attrs.get("committed")

@@ -107,7 +107,7 @@ class TeacherCache:
     def _group(self, teacher: str, split: str) -> zarr.Group | None:
         root = self.store.root
         try:
-            return root["teacher"][teacher][split]
+            return root["teacher"][teacher][self.store.resolve_split(split)]
         except KeyError:
             return None
 
@@ -167,6 +167,7 @@ class TeacherCache:
         """Start (or restart) a cache: earlier content of this (teacher, split) is removed."""
         chunks = video_sim_chunks(len(query_ids), len(video_ids), query_block)
         parent = self.store.root.require_group("teacher").require_group(teacher)
+        split = self.store.resolve_split(split)
         group = parent.create_group(split, overwrite=True)
         group.attrs.update({"teacher": teacher, "split": split, "query_ids": list(query_ids),
                             "video_ids": list(video_ids), "inputs": inputs, "committed": None})

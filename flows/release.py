@@ -1,0 +1,91 @@
+"""The `import-release` subflow: the extract stage of a config whose dataset is a published release.
+
+One Prefect task per shard not committed under its fingerprint, one per text split; a rerun
+after a failure imports only what is missing.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from configs.schema import RunConfig
+from stages import release as rel
+from storage.features import FeatureStore
+
+
+class ImportIncomplete(RuntimeError):
+    """Raised so the flow run ends Failed while any shard or text split is missing."""
+
+
+def _plan(config: RunConfig, check: bool = False) -> rel.ReleasePlan:
+    settings = rel.ImportSettings.from_config(config)
+    return rel.open_release(settings, check_features=True) if check else rel.cached_plan(settings)
+
+
+@task(name="import-shard", task_run_name="import-shard-{index:05d}", retry_delay_seconds=2)
+def import_shard_task(config: RunConfig, index: int, fp: str) -> dict:
+    plan = _plan(config)
+    store = FeatureStore(config.store, mode="a")
+    try:
+        result = rel.import_shard(plan, plan.shards[index], fp, store)
+    except Exception as e:
+        store.record_shard_failure(index, f"{type(e).__name__}: {e}")
+        raise
+    get_run_logger().info("shard %d committed: %d videos, %d frames", index, result["videos"], result["frames"])
+    return result
+
+
+@task(name="import-text", task_run_name="import-text-{split}")
+def import_text_task(config: RunConfig, split: str, fp: str) -> int:
+    plan = _plan(config)
+    logger = get_run_logger()
+
+    def progress(done: int, total: int) -> None:
+        logger.info("text %s: %d/%d queries", split, done, total)
+
+    n = rel.import_text(plan, split, fp, FeatureStore(config.store, mode="a"), progress)
+    logger.info("text %s committed: %d queries", split, n)
+    return n
+
+
+@flow(name="import-release", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def import_flow(config: RunConfig) -> dict:
+    logger = get_run_logger()
+    plan = _plan(config, check=True)  # every file cross-checked before any work
+    if not plan.has_teacher:
+        logger.warning(rel.no_teacher_advice(plan.files))
+    store = FeatureStore(config.store, mode="a")
+    store.invalidate_consolidated()
+    dropped = store.drop_shards_from(len(plan.shards))
+    if dropped:
+        logger.info("removed shards %s beyond the current plan", dropped)
+    rel.record_source(plan, store)
+    fps = {sh.index: rel.shard_fingerprint(plan, sh) for sh in plan.shards}
+    todo = [sh.index for sh in plan.shards if store.shard_status(sh.index, fps[sh.index]).state != "committed"]
+    text_fps = {split: rel.text_fingerprint(plan, split) for split in plan.splits}
+    text_todo = [s for s, fp in text_fps.items() if store.text_status(s, fp) != "committed"]
+    logger.info("%d shards, %d to import; text splits to import: %s; split aliases: %s",
+                len(plan.shards), len(todo), text_todo, plan.aliases)
+
+    progress_id = create_progress_artifact(0.0, key="import-progress", description=f"shards of {config.name}")
+    runner = import_shard_task.with_options(retries=config.extract.shard_retries)
+    futures = [runner.submit(config, i, fps[i]) for i in todo]
+    futures += [import_text_task.submit(config, s, text_fps[s]) for s in text_todo]
+    for finished, _ in enumerate(as_completed(futures), 1):
+        update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
+    status = rel.import_status(plan, store)
+    ran = set(todo)
+    rows = [{"shard": r["shard"], "state": r["state"], "this_run": "ran" if r["shard"] in ran else "skipped (committed)",
+             "videos": r["videos_in_manifest"], "committed_at": r["committed_at"] or "",
+             "error": (r["error"] or r["note"] or "")[:300]} for r in status["shards"]]
+    create_table_artifact(rows, key="import-shards", description=f"imported shards of {config.name}")
+    update_progress_artifact(progress_id, 100.0)
+    if not status["complete"]:
+        missing = [r["shard"] for r in rows if r["state"] != "committed"]
+        raise ImportIncomplete(f"shards not committed: {missing}; text: {status['text']}")
+    store.consolidate()
+    return {"shards": len(plan.shards), "imported": len(todo), "text_imported": text_todo,
+            "teacher": status["teacher"], "aliases": plan.aliases}

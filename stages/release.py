@@ -1,0 +1,400 @@
+"""Import a published MS-SL / DL-DKD feature release into the feature store.
+
+The import writes the layout extraction writes, so the teacher, train and evaluate stages run
+unchanged: the release's visual features (e.g. I3D+ResNet) become `visual.<feature>`, the
+student's input; its RoBERTa token features become `tokens.<text>`; DL-DKD's CLIP frames and
+sentences become `teacher.<key>` / `sentence.<key>`. Videos are imported shard by shard with the
+same commit markers as extraction, so an interrupted import resumes where it stopped and memory
+stays bounded by one shard.
+
+Frames follow the reference data loader: the student's rows are mean-pooled down to the
+teacher's frame count (so both views describe the same segments), then both are mean-pooled to
+at most `max_frames` rows and L2-normalised. Frame times are in feature steps (the release has
+no timestamps): row i of a video with n steps sits at its segment's centre.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from configs.schema import RunConfig
+from stages.release_formats import (
+    BigFile, Caption, Hdf5Rows, ReleaseFormatError, _listed, l2_normalise, mean_resample, read_captions,
+    read_video2frames,
+)
+from storage.features import FeatureStore
+from storage.fingerprint import fingerprint
+
+log = logging.getLogger("prvr.release")
+Progress = Callable[[int, int], None]
+
+IMPORT_VERSION = 1
+SPLITS = ("train", "val", "test")
+# The feature folders the MS-SL release ships per collection (its run scripts name them).
+DEFAULT_FEATURES = {"tvr": "i3d_resnet", "activitynet": "i3d", "charades": "i3d_rgb_lgi"}
+# DL-DKD's teacher files come from OpenAI's CLIP ViT-B/32: the key the default teacher has when
+# extracted from raw videos, so both routes fill the same store arrays.
+RELEASE_TEACHER = "vit-b-32-quickgelu-openai"
+TEXT_BATCH = 1024
+
+
+class ReleaseError(ValueError):
+    """The release cannot be imported as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    root: Path  # the collection folder, holding TextData/ and FeatureData/
+    collection: str
+    feature: str
+    text: str = "roberta"
+    teacher: str = RELEASE_TEACHER
+    shard_size: int = 500
+    max_frames: int = 128
+    max_tokens: int = 30
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ImportSettings:
+        release = cfg.dataset.release
+        if release is None:
+            raise ReleaseError(f"config {cfg.name} has no dataset.release")
+        return cls(root=collection_folder(cfg.dataset.root, release.collection), collection=release.collection,
+                   feature=release.feature, text=release.text, teacher=cfg.extract.teacher[0].key,
+                   shard_size=release.shard_size, max_frames=cfg.extract.max_frames,
+                   max_tokens=cfg.extract.max_tokens)
+
+
+def collection_folder(root: Path, collection: str) -> Path:
+    """Accept the release root (holding `<collection>/`) or the collection folder itself."""
+    root = Path(root).expanduser().resolve()
+    for candidate in (root / collection, root):
+        if (candidate / "TextData").is_dir() and (candidate / "FeatureData").is_dir():
+            return candidate
+    raise ReleaseError(f"no MS-SL release of {collection!r} at {root}: expected {root / collection}/TextData and "
+                       f"FeatureData (or TextData and FeatureData directly in {root})")
+
+
+@dataclass(frozen=True)
+class ReleaseFiles:
+    captions: dict[str, Path]  # split -> caption file, for the splits present
+    features: Path  # FeatureData/<feature>/
+    video2frames: Path
+    tokens: Path
+    teacher_videos: Path
+    teacher_queries: Path
+
+    @property
+    def has_teacher(self) -> bool:
+        return self.teacher_videos.is_file() and self.teacher_queries.is_file()
+
+
+def release_files(s: ImportSettings) -> ReleaseFiles:
+    text_dir, feat_dir = s.root / "TextData", s.root / "FeatureData"
+    captions = {split: text_dir / f"{s.collection}{split}.caption.txt" for split in SPLITS}
+    return ReleaseFiles(
+        captions={k: v for k, v in captions.items() if v.is_file()},
+        features=feat_dir / s.feature,
+        video2frames=feat_dir / s.feature / "video2frames.txt",
+        tokens=text_dir / f"{s.text}_{s.collection}_query_feat.hdf5",
+        teacher_videos=feat_dir / f"new_clip_vit_32_{s.collection}_vid_features.hdf5",
+        teacher_queries=text_dir / f"clip_ViT_B_32_{s.collection}_query_feat.hdf5",
+    )
+
+
+def no_teacher_advice(files: ReleaseFiles, config_hint: str = "CONFIG") -> str:
+    return (f"the release has no CLIP teacher files ({files.teacher_videos.name} in FeatureData/, "
+            f"{files.teacher_queries.name} in TextData/). Two ways forward:\n"
+            f"  1. train without distillation (exploration branch only): "
+            f"prvr run {config_hint} --set train.branches=exploration\n"
+            f"  2. extract the teacher from your copies of the raw videos: convert the raw annotations with "
+            f"`prvr import tvr|activitynet|charades ANNOTATIONS --videos DIR --out DATASET_ROOT` and run "
+            f"`prvr run` on a config for that dataset root (configs/<collection>.yaml, raw-video route)")
+
+
+@dataclass(frozen=True)
+class ImportShard:
+    index: int
+    videos: tuple[tuple[str, str], ...]  # (video_id, split)
+
+
+@dataclass
+class ReleasePlan:
+    settings: ImportSettings
+    files: ReleaseFiles
+    captions: dict[str, list[Caption]]  # stored splits only
+    aliases: dict[str, str]  # split -> stored split with the same captions
+    shards: list[ImportShard]
+    frames_of: dict[str, list[str]] = field(repr=False)
+    has_teacher: bool = False
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.captions)
+
+
+def _content_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def open_release(s: ImportSettings, check_features: bool = True) -> ReleasePlan:
+    """Read and cross-check the release before any work: every problem names its file and id."""
+    files = release_files(s)
+    if not files.captions:
+        raise ReleaseError(f"no caption files in {s.root / 'TextData'}: expected "
+                           f"{', '.join(f'{s.collection}{x}.caption.txt' for x in SPLITS)}")
+    captions: dict[str, list[Caption]] = {}
+    aliases: dict[str, str] = {}
+    owner: dict[str, str] = {}  # video -> split
+    for split, path in files.captions.items():
+        caps = read_captions(path)
+        same = next((other for other, c in captions.items() if c == caps), None)
+        if same is not None:
+            aliases[split] = same  # e.g. MS-SL's TVR and Charades: test repeats val
+            continue
+        clash = sorted({c.video_id for c in caps if owner.get(c.video_id, split) != split})
+        if clash:
+            raise ReleaseError(f"{path}: videos also in another split's caption file "
+                               f"({owner[clash[0]]}): {_listed(clash)}; a video belongs to one split")
+        for c in caps:
+            owner.setdefault(c.video_id, split)
+        captions[split] = caps
+
+    frames_of = read_video2frames(files.video2frames)
+    videos = list(dict.fromkeys(c.video_id for caps in captions.values() for c in caps))
+    missing = [v for v in videos if v not in frames_of]
+    if missing:
+        raise ReleaseError(f"{files.video2frames}: {len(missing)} video(s) of the caption files have no frames: "
+                           f"{_listed(missing)}")
+    if check_features:
+        big = BigFile(files.features)
+        unknown = [f"{v}: {fid}" for v in videos for fid in frames_of[v] if fid not in big.index]
+        if unknown:
+            raise ReleaseError(f"{files.features / 'id.txt'}: {len(unknown)} frame id(s) listed in "
+                               f"video2frames.txt are not in the features: {_listed(unknown)}")
+        if not files.tokens.is_file():
+            raise ReleaseError(f"{files.tokens}: missing (the student's token features)")
+        tokens = Hdf5Rows(files.tokens)
+        try:
+            qmissing = tokens.missing([c.query_id for caps in captions.values() for c in caps])
+        finally:
+            tokens.close()
+        if qmissing:
+            raise ReleaseError(f"{files.tokens}: {len(qmissing)} query id(s) of the caption files are missing: "
+                               f"{_listed(qmissing)}")
+    has_teacher = files.has_teacher
+    if files.teacher_videos.is_file() != files.teacher_queries.is_file():
+        present, absent = ((files.teacher_videos, files.teacher_queries) if files.teacher_videos.is_file()
+                           else (files.teacher_queries, files.teacher_videos))
+        raise ReleaseError(f"{absent}: missing while {present.name} is present; the teacher needs both")
+    if has_teacher and check_features:
+        tv = Hdf5Rows(files.teacher_videos)
+        tq = Hdf5Rows(files.teacher_queries, alternate_ids=True)
+        try:
+            vmissing = tv.missing(videos)
+            qmissing = tq.missing([c.query_id for caps in captions.values() for c in caps])
+        finally:
+            tv.close()
+            tq.close()
+        if vmissing:
+            raise ReleaseError(f"{files.teacher_videos}: {len(vmissing)} video(s) missing: {_listed(vmissing)}")
+        if qmissing:
+            raise ReleaseError(f"{files.teacher_queries}: {len(qmissing)} query id(s) missing: {_listed(qmissing)}")
+
+    ordered = [(v, split) for split, caps in captions.items() for v in dict.fromkeys(c.video_id for c in caps)]
+    shards = [ImportShard(i // s.shard_size, tuple(ordered[i:i + s.shard_size]))
+              for i in range(0, len(ordered), s.shard_size)]
+    return ReleasePlan(s, files, captions, aliases, shards, frames_of, has_teacher)
+
+
+_PLANS: dict[tuple, ReleasePlan] = {}
+
+
+def cached_plan(s: ImportSettings) -> ReleasePlan:
+    """The plan, read once per process while the plan's files are unchanged (shard tasks reuse it)."""
+    files = release_files(s)
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in [*files.captions.values(), files.video2frames] if p.is_file())
+    key = (s, stamp)
+    if key not in _PLANS:
+        _PLANS.clear()
+        _PLANS[key] = open_release(s, check_features=False)
+    return _PLANS[key]
+
+
+# ---- fingerprints ---------------------------------------------------------------
+def _source_identity(plan: ReleasePlan) -> dict:
+    f = plan.files
+    size = lambda p: p.stat().st_size if p.is_file() else None  # noqa: E731
+    return {"version": IMPORT_VERSION, "feature": plan.settings.feature,
+            "feature_bin": size(f.features / "feature.bin"), "video2frames": size(f.video2frames),
+            "teacher": plan.settings.teacher if plan.has_teacher else None,
+            "teacher_videos": size(f.teacher_videos), "teacher_queries": size(f.teacher_queries)}
+
+
+def shard_fingerprint(plan: ReleasePlan, shard: ImportShard) -> str:
+    return fingerprint({"source": _source_identity(plan), "max_frames": plan.settings.max_frames,
+                        "videos": [[v, split, len(plan.frames_of[v])] for v, split in shard.videos]})
+
+
+def text_fingerprint(plan: ReleasePlan, split: str) -> str:
+    return fingerprint({"source": _source_identity(plan), "captions": _content_hash(plan.files.captions[split]),
+                        "tokens": plan.files.tokens.stat().st_size, "text": plan.settings.text,
+                        "max_tokens": plan.settings.max_tokens})
+
+
+# ---- the work ---------------------------------------------------------------------
+def feature_dims(plan: ReleasePlan) -> dict[str, int]:
+    dims = {f"visual.{plan.settings.feature}": BigFile(plan.files.features).dims}
+    if plan.has_teacher:
+        tv = Hdf5Rows(plan.files.teacher_videos)
+        try:
+            first = plan.shards[0].videos[0][0]
+            dims[f"teacher.{plan.settings.teacher}"] = tv.read(first).shape[-1]
+        finally:
+            tv.close()
+    return dims
+
+
+def video_rows(student: np.ndarray, teacher: np.ndarray | None, max_frames: int) -> dict[str, np.ndarray]:
+    """Aligned rows of one video: both views cut into the same segments (see the module docstring)."""
+    if teacher is None:
+        return {"student": l2_normalise(mean_resample(student, max_frames))}
+    if teacher.ndim != 2 or len(teacher) == 0:
+        raise ReleaseFormatError(f"teacher frames have shape {teacher.shape}, expected (frames, dims)")
+    n = min(len(student), len(teacher))
+    student, teacher = mean_resample(student, n), mean_resample(teacher, n)
+    return {"student": l2_normalise(mean_resample(student, max_frames)),
+            "teacher": l2_normalise(mean_resample(teacher, max_frames))}
+
+
+def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureStore,
+                 progress: Progress | None = None) -> dict:
+    s = plan.settings
+    big = BigFile(plan.files.features)
+    tv = Hdf5Rows(plan.files.teacher_videos) if plan.has_teacher else None
+    visual, teacher = f"visual.{s.feature}", f"teacher.{s.teacher}"
+    writer = store.begin_shard(shard.index, feature_dims(plan))
+    frames = 0
+    try:
+        for n, (video_id, split) in enumerate(shard.videos, 1):
+            steps = plan.frames_of[video_id]
+            rows = video_rows(big.read(steps), tv.read(video_id) if tv else None, s.max_frames)
+            m = len(rows["student"])
+            times = ((np.arange(m, dtype=np.float32) + 0.5) * len(steps) / m).astype(np.float32)
+            features = {visual: rows["student"]}
+            if tv:
+                features[teacher] = rows["teacher"]
+            writer.add_video(video_id, split, float(len(steps)), times, features)
+            frames += m
+            if progress:
+                progress(n, len(shard.videos))
+    finally:
+        if tv:
+            tv.close()
+    writer.commit(fp, {"frames": frames, "source": "ms-sl release", "time_unit": "feature step"})
+    return {"shard": shard.index, "videos": len(shard.videos), "frames": frames}
+
+
+def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, progress: Progress | None = None) -> int:
+    s = plan.settings
+    caps = plan.captions[split]
+    tokens = Hdf5Rows(plan.files.tokens)
+    tq = Hdf5Rows(plan.files.teacher_queries, alternate_ids=True) if plan.has_teacher else None
+    try:
+        token_dim = tokens.read(caps[0].query_id).shape[-1]
+        arrays: dict[str, tuple[int, ...]] = {f"tokens.{s.text}": (s.max_tokens, token_dim),
+                                              f"token_lengths.{s.text}": ()}
+        if tq:
+            arrays[f"sentence.{s.teacher}"] = (tq.read(caps[0].query_id).size,)
+        moments = np.full((len(caps), 2), np.nan, dtype=np.float32)  # the release carries no moments
+        writer = store.begin_text(split, [c.query_id for c in caps], [c.video_id for c in caps],
+                                  [c.text for c in caps], moments, arrays)
+        for start in range(0, len(caps), TEXT_BATCH):
+            batch = caps[start:start + TEXT_BATCH]
+            block = np.zeros((len(batch), s.max_tokens, token_dim), dtype=np.float32)
+            lengths = np.zeros(len(batch), dtype=np.int32)
+            for j, c in enumerate(batch):
+                t = tokens.read(c.query_id).reshape(-1, token_dim)[: s.max_tokens]
+                if len(t) == 0:
+                    raise ReleaseFormatError(f"{plan.files.tokens}: query {c.query_id!r} has no tokens")
+                block[j, : len(t)] = l2_normalise(t)
+                lengths[j] = len(t)
+            writer.write(f"tokens.{s.text}", start, block)
+            writer.write(f"token_lengths.{s.text}", start, lengths)
+            if tq:
+                sentences = np.stack([tq.read(c.query_id).reshape(-1) for c in batch])
+                writer.write(f"sentence.{s.teacher}", start, l2_normalise(sentences))
+            if progress:
+                progress(min(start + TEXT_BATCH, len(caps)), len(caps))
+    finally:
+        tokens.close()
+        if tq:
+            tq.close()
+    writer.commit(fp)
+    return len(caps)
+
+
+def record_source(plan: ReleasePlan, store: FeatureStore) -> None:
+    """The store remembers where it came from, and which split names repeat others."""
+    s = plan.settings
+    store.root.attrs.update({"source": {
+        "kind": "release", "format": "ms-sl", "collection": s.collection, "feature": s.feature, "root": str(s.root),
+        "text": s.text, "teacher": s.teacher if plan.has_teacher else None}})
+    for alias in set(SPLITS) - set(plan.captions):
+        store.set_split_alias(alias, plan.aliases.get(alias))
+
+
+def import_status(plan: ReleasePlan, store: FeatureStore | None) -> dict:
+    """Every shard's and text split's state under the current fingerprints (extraction_status's shape)."""
+    shards = []
+    for sh in plan.shards:
+        row = {"shard": sh.index, "state": "missing", "committed_at": None, "videos": 0, "failed_videos": {},
+               "error": None, "note": "no store yet" if store is None else None}
+        if store is not None:
+            row.update(store.shard_status(sh.index, shard_fingerprint(plan, sh)).as_dict())
+        row.update({"videos_in_manifest": len(sh.videos), "first_video": sh.videos[0][0],
+                    "last_video": sh.videos[-1][0]})
+        shards.append(row)
+    text = {split: ("missing" if store is None else store.text_status(split, text_fingerprint(plan, split)))
+            for split in plan.splits}
+    aliases_ok = store is not None and all(store.resolve_split(a) == t for a, t in plan.aliases.items())
+    return {"store": None if store is None else store.location, "source": "ms-sl release", "shards": shards,
+            "text": text, "aliases": plan.aliases, "teacher": plan.settings.teacher if plan.has_teacher else None,
+            "complete": aliases_ok and all(r["state"] == "committed" for r in shards)
+            and all(v == "committed" for v in text.values())}
+
+
+def run_import(plan: ReleasePlan, location: str, on_shard: Callable[[dict], None] | None = None,
+               progress: Progress | None = None) -> dict:
+    """Import everything not yet committed, in this process (the CLI route; the flow runs tasks)."""
+    store = FeatureStore(location, mode="a")
+    store.invalidate_consolidated()
+    dropped = store.drop_shards_from(len(plan.shards))
+    todo = [sh for sh in plan.shards if store.shard_status(sh.index, shard_fingerprint(plan, sh)).state != "committed"]
+    record_source(plan, store)
+    done = []
+    for sh in todo:
+        result = import_shard(plan, sh, shard_fingerprint(plan, sh), store, progress)
+        done.append(sh.index)
+        if on_shard:
+            on_shard(result)
+    texts = []
+    for split in plan.splits:
+        fp = text_fingerprint(plan, split)
+        if store.text_status(split, fp) != "committed":
+            import_text(plan, split, fp, store)
+            texts.append(split)
+    store.consolidate()
+    status = import_status(plan, store)
+    return {"shards": len(plan.shards), "imported": done, "dropped": dropped, "text_imported": texts,
+            "complete": status["complete"], "teacher": status["teacher"], "aliases": plan.aliases}
