@@ -5,9 +5,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
+from flows import runners
 from stages import extract as ex
 from stages.manifest import load_manifest
 from storage.features import FeatureStore
@@ -73,8 +73,12 @@ def extract_flow(config: RunConfig) -> dict:
 
     progress_id = create_progress_artifact(0.0, key="extract-progress", description=f"shards of {config.name}")
     runner = extract_shard_task.with_options(retries=config.extract.shard_retries)
-    futures = [runner.submit(config, p, fps[p.index]) for p in todo]
-    futures += [extract_text_task.submit(config, s, text_fps[s]) for s in text_todo]
+    gpu = runners.gpu_resources(config)
+    if gpu:
+        logger.info("each extraction task holds Dask resources %s", gpu)
+    with runners.holding(gpu):  # one task per GPU on Dask workers that declare one
+        futures = [runner.submit(config, p, fps[p.index]) for p in todo]
+        futures += [extract_text_task.submit(config, s, text_fps[s]) for s in text_todo]
     for finished, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
     status = ex.extraction_status(config, manifest, store)
@@ -95,6 +99,6 @@ def extract_flow(config: RunConfig) -> dict:
 
 
 def extract_flow_for(config: RunConfig):
-    # Shards run one at a time in a process (they share its decoder pool and models);
-    # scale-out is a Dask task runner.
-    return extract_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    # threads: shards one at a time in this process (they share its decoder pool and models);
+    # dask / local-dask: one shard per worker thread, each worker process with its own pool and models.
+    return extract_flow.with_options(task_runner=runners.task_runner_for(config))

@@ -612,6 +612,12 @@ class DecodePool:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if multiprocessing.current_process().daemon:
+            # multiprocessing refuses children here; say why instead of failing in the dispatcher.
+            raise RuntimeError(
+                "decode workers cannot start inside a daemonic process; on a Dask worker start it with "
+                "DASK_DISTRIBUTED__WORKER__DAEMON=False (dask config distributed.worker.daemon: false)"
+            )
         self.workers = workers
         self.timeout_s = float(timeout_s)
         self._context = multiprocessing.get_context("spawn")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -174,11 +175,34 @@ class _RowBatcher:
         return result
 
 
+def _drill_shards(variable: str) -> set[str]:
+    return {s.strip() for s in os.environ.get(variable, "").split(",") if s.strip()}
+
+
 def _drill_fail(index: int) -> None:
     # PRVR_FAIL_SHARDS="1,3": those shards raise, for tests and failure drills.
-    wanted = os.environ.get("PRVR_FAIL_SHARDS", "")
-    if str(index) in {s.strip() for s in wanted.split(",") if s.strip()}:
-        raise ShardFailed(f"shard {index} failed on purpose (PRVR_FAIL_SHARDS={wanted})")
+    if str(index) in _drill_shards("PRVR_FAIL_SHARDS"):
+        raise ShardFailed(f"shard {index} failed on purpose (PRVR_FAIL_SHARDS={os.environ['PRVR_FAIL_SHARDS']})")
+
+
+# PRVR_KILL_SHARDS="1,3": the process extracting those shards SIGKILLs itself after decoding the
+# shard's first video (a lost machine or Dask worker, mid-shard, partial shard on disk). With
+# PRVR_KILL_ONCE_DIR set, only once per shard: a marker file there records that it happened.
+KILL_DRILL_ENV = "PRVR_KILL_SHARDS"
+KILL_ONCE_ENV = "PRVR_KILL_ONCE_DIR"
+
+
+def _drill_kill(index: int) -> None:
+    if str(index) not in _drill_shards(KILL_DRILL_ENV):
+        return
+    once = os.environ.get(KILL_ONCE_ENV)
+    if once:
+        try:  # O_EXCL: of all attempts on all machines sharing the folder, one creates it
+            os.close(os.open(Path(once) / f"killed-shard-{index:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    log.warning("shard %d: killing this process (pid %d) on purpose (%s)", index, os.getpid(), KILL_DRILL_ENV)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -264,6 +288,8 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
             write_finished(flush=False)
         if progress:
             progress(n, len(requests))
+        if n == 1:
+            _drill_kill(plan.index)
     write_finished(flush=True)
     failed = writer.failed
     if failed and ex.strict:

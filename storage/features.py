@@ -8,7 +8,8 @@
         <feature>                     (frames_in_shard, D) float16, e.g. teacher.<key>, visual.clip
         attrs: video_ids, splits, durations, failed {video_id: error}, started_at,
                fingerprint, committed {at, fingerprint} (written last: the commit marker),
-               last_error (a failed attempt, for status)
+               last_error (a failed attempt, for status),
+               history [{event: started|failed|committed, at, by: host:pid}] kept across restarts
       text/<split>/                   one group per split
         moment                        (queries, 2) float32 seconds, NaN when unknown
         sentence.<teacher>            (queries, D) float16, L2-normalised
@@ -22,6 +23,8 @@ A shard or text split counts only when its commit marker holds the current finge
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -34,6 +37,7 @@ from storage.location import store_exists, zarr_store
 LAYOUT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # chunks around 1 MB: few objects on remote stores, cheap partial reads
 _COMPRESSORS = ZstdCodec(level=3)
+HISTORY_KEEP = 50  # events kept per shard: enough to see every attempt of a run, bounded over years
 
 
 def shard_name(index: int) -> str:
@@ -42,6 +46,11 @@ def shard_name(index: int) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _event(kind: str, **extra: Any) -> dict[str, Any]:
+    """One line of a shard's history: what happened, when, and which process on which machine."""
+    return {"event": kind, "at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}", **extra}
 
 
 def resampled_rows(n: int, t_max: int) -> np.ndarray:
@@ -124,9 +133,10 @@ def _read(group, name: str) -> np.ndarray:
 class ShardWriter:
     """Writes one shard group video by video; nothing counts until `commit`."""
 
-    def __init__(self, group: zarr.Group, feature_dims: dict[str, int]):
+    def __init__(self, group: zarr.Group, feature_dims: dict[str, int], history: list[dict[str, Any]] | None = None):
         self._group = group
         self._dims = dict(feature_dims)
+        self._history = list(history or [])
         self._rows = 0
         self._offsets = [0]
         self._video_ids: list[str] = []
@@ -174,7 +184,9 @@ class ShardWriter:
             "failed": self._failed, "fingerprint": fingerprint, "info": info or {},
         })
         # The marker goes in a second, final write: a crash before it leaves the shard uncommitted.
-        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}})
+        # The history rides in the same write, so it counts exactly the commits that happened.
+        history = (self._history + [_event("committed", fingerprint=fingerprint)])[-HISTORY_KEEP:]
+        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}, "history": history})
 
 
 class FeatureStore:
@@ -214,10 +226,16 @@ class FeatureStore:
     def begin_shard(self, index: int, feature_dims: dict[str, int]) -> ShardWriter:
         """Start (or restart) a shard: any earlier partial or stale content is removed."""
         videos = self.root.require_group("videos")
+        history = (self.shard_history(index) + [_event("started")])[-HISTORY_KEEP:]  # outlives the group
         group = videos.create_group(shard_name(index), overwrite=True)
-        group.attrs.update({"started_at": _now(), "committed": None})
+        group.attrs.update({"started_at": history[-1]["at"], "committed": None, "history": history})
         self._index = None
-        return ShardWriter(group, feature_dims)
+        return ShardWriter(group, feature_dims, history)
+
+    def shard_history(self, index: int) -> list[dict[str, Any]]:
+        """Every start, failure and commit of a shard, oldest first (see HISTORY_KEEP)."""
+        history = (self._shard_attrs(index) or {}).get("history")
+        return list(history) if isinstance(history, list) else []
 
     def record_shard_failure(self, index: int, error: str) -> None:
         """Remember why the last attempt failed, for `prvr status`; never touches a committed shard's data."""
@@ -227,7 +245,8 @@ class FeatureStore:
         attrs = dict(group.attrs)
         if attrs.get("committed"):
             return
-        group.attrs.update({"last_error": {"at": _now(), "error": error[:2000]}})
+        history = (list(attrs.get("history") or []) + [_event("failed", error=error[:300])])[-HISTORY_KEEP:]
+        group.attrs.update({"last_error": {"at": _now(), "error": error[:2000]}, "history": history})
 
     def shard_status(self, index: int, fingerprint: str | None) -> ShardStatus:
         attrs = self._shard_attrs(index)
