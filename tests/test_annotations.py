@@ -469,3 +469,49 @@ def test_cli_activitynet(tmp_path, clip):
     assert result.exit_code == 0, result.output
     assert len(load_manifest(out).queries) == 6
     assert "--val-fraction" not in cli("activitynet", "--help").output
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_an_imported_charades_dataset_goes_through_extraction(tmp_path):
+    """Import, then the project's own extraction: every video and every split's text is stored."""
+    from configs.schema import load_config
+    from stages import extract as ex
+    from storage.features import FeatureStore
+
+    out = tmp_path / "ds"
+    ids = {"3MSZA": 4.0, "AO8RW": 3.0, "Y6R7T": 3.0, "BW4QG": 5.0}
+    for seed, (vid, seconds) in enumerate(ids.items()):
+        make_video(out / "videos" / f"{vid}.mp4", seconds=seconds, fps=5, size=(64, 48), seed=seed)
+    ann = tmp_path / "ann"
+    jsonl(ann / "charades_sta_train.txt", ["3MSZA 0.5 2.5##person turn a light on.", "AO8RW 0 2##a person holds a book.",
+                                           "Y6R7T 1 3##person opens the door.", "3MSZA 2 4##the light goes off."])
+    jsonl(ann / "charades_sta_test.txt", ["BW4QG 1 4.5##person sits down on a chair."])
+    import_("charades", ann, out / "videos", out, val_fraction=0.34, seed=0)
+    manifest = load_manifest(out)
+    assert manifest.splits() == ["train", "val", "test"]
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps({
+        "name": "imported", "dataset": {"root": str(out)}, "store": str(tmp_path / "s.zarr"),
+        "extract": {"shard_size": 2, "fps": 1.0, "max_frames": 16, "device": "cpu", "batch_size": 4,
+                    "decode_workers": 1, "decode_timeout_s": 60, "shard_retries": 0,
+                    "teacher": {"model": "prvr-tiny", "pretrained": None}, "visual": ["clip"]},
+    }))
+    cfg = load_config(config)
+    for plan in ex.plan_shards(manifest, cfg.extract.shard_size):
+        result = ex.extract_shard(plan, cfg, ex.shard_fingerprint(plan, cfg.extract, manifest.root))
+        assert not result.failed
+    for split in manifest.splits():
+        ex.extract_text(manifest, split, cfg, ex.text_fingerprint(manifest, split, cfg.extract))
+
+    store = FeatureStore(cfg.store)
+    key = cfg.extract.teacher[0].key
+    for vid, seconds in ids.items():
+        _, times = store.video_frames(vid, f"teacher.{key}")
+        assert len(times) == int(seconds * cfg.extract.fps)
+    test = store.text("test")
+    assert test.video_ids == ["BW4QG"] and test.texts == ["person sits down on a chair."]
+    assert [list(m) for m in test.moments] == [[1.0, 4.5]]
