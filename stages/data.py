@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from configs.schema import RunConfig
-from stages.extract import token_model, visual_feature
+from stages.extract import visual_feature
+from stages.sources import student_text_features
 from storage.features import FeatureStore, StoreError, resampled_rows
 
 
@@ -104,7 +105,7 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
 
     text = store.text(split)
     keep = [i for i, vid in enumerate(text.video_ids) if vid in index]  # queries of videos left out have no video
-    tok_key = token_model(cfg.extract)
+    tok_key = student_text_features(cfg)
     tokens, lengths = text.tokens(tok_key)
     tokens, lengths = tokens[keep], lengths[keep]
     token_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]

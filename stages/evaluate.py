@@ -136,7 +136,9 @@ def evaluate_run(cfg: RunConfig, progress: Callable[[str], None] | None = None) 
         ranks_by_branch[b] = ranks
         if progress:
             progress(f"{names[b]}: SumR {metrics['SumR']:.1f}")
-    for teacher in [t.key for t in cfg.extract.teacher]:
+    from stages.sources import stored_teachers
+
+    for teacher in stored_teachers(cfg, store):  # a release may come without its teacher
         methods[f"teacher {teacher} (zero-shot)"] = teacher_zero_shot(store, teacher, split, data)
     moments = moments_of_top_videos(model, data, branch, ranks_by_branch[branch], encoded, device)
     paths = RunPaths.of(cfg.runs_dir, cfg.name)

@@ -29,6 +29,10 @@ def search(cfg: RunConfig, text: str, top: int = 10, splits: list[str] | None = 
 
     if not text.strip():
         raise ValueError("the query text is empty")
+    if cfg.dataset.release is not None:
+        raise ValueError(f"free-text search needs the model that made the student's token features; the release "
+                         f"ships {cfg.dataset.release.text} features of its own queries only. Search works on "
+                         f"stores extracted from raw videos (prvr import tvr|activitynet|charades, then prvr run).")
     device = resolve_device(cfg.train.device)
     store = FeatureStore(cfg.store)
     model, branch, _ = load_trained_student(cfg, "best", device)

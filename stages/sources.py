@@ -54,6 +54,15 @@ def source_status(cfg: RunConfig, store: FeatureStore | None) -> dict:
     return extraction_status(cfg, manifest, store)
 
 
+def student_text_features(cfg: RunConfig) -> str:
+    """Key of the token features the student reads: the release's (e.g. roberta) or the first teacher's."""
+    if is_release(cfg):
+        return cfg.dataset.release.text
+    from stages.extract import token_model
+
+    return token_model(cfg.extract)
+
+
 def stored_teachers(cfg: RunConfig, store: FeatureStore) -> list[str]:
     """The configured teachers whose frames the store holds (a release may come without its teacher)."""
     names = set(store.feature_names())

@@ -22,7 +22,7 @@ from stages.data import SplitData, load_split
 from storage.checkpoints import (
     CheckpointError, best_checkpoint, epoch_checkpoint, newest_loadable, prune_epoch_checkpoints, save_checkpoint,
 )
-from storage.features import FeatureStore
+from storage.features import FeatureStore, StoreError
 from storage.fingerprint import fingerprint
 from storage.runs import RunPaths
 
@@ -45,6 +45,19 @@ def distilled_teachers(cfg: RunConfig) -> list[str]:
     if "inheritance" not in active_branches(cfg.train):
         return []
     return cfg.train.teachers or [t.key for t in cfg.extract.teacher]
+
+
+def require_teachers(cfg: RunConfig, store: FeatureStore, teachers: list[str]) -> None:
+    """Distillation needs the teacher's frames in the store; say what to do when they are not there."""
+    from stages.sources import stored_teachers
+
+    absent = [k for k in teachers if k not in stored_teachers(cfg, store)]
+    if absent:
+        raise StoreError(
+            f"the store {cfg.store} holds no frames of teacher(s) {absent}, which the inheritance branch distils "
+            f"from (a release imported without its CLIP teacher files?). Either train without distillation: "
+            f"--set train.branches=exploration, or extract the teacher from the raw videos "
+            f"(prvr import tvr|activitynet|charades ... then prvr run on the raw-video config).")
 
 
 def student_config(cfg: RunConfig, data: SplitData):
@@ -114,6 +127,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     paths = RunPaths.of(cfg.runs_dir, cfg.name).make()
     store = FeatureStore(cfg.store)
     teachers = distilled_teachers(cfg)
+    require_teachers(cfg, store, teachers)
     train_data = load_split(cfg, "train", teachers, store)
     val_data = load_split(cfg, "val", (), store) if store.has_text_split("val") else None
     data_fp = data_fingerprint(store, teachers)
