@@ -78,14 +78,17 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
         annotations: Path = typer.Argument(..., help=ANNOTATIONS_HELP),
         videos: Path = typer.Option(..., "--videos", help=VIDEOS_HELP + "; 'v_' may be left off the names"),
         out: Path = typer.Option(..., "--out", help=OUT_HELP),
+        val_fraction: float = typer.Option(0.05, "--val-fraction", help=VAL_HELP),
+        seed: int = typer.Option(0, "--seed", help="seed of the val hold-out"),
         strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
         force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     ) -> None:
-        """ActivityNet Captions: train.json -> train, val_1.json -> val, val_2.json -> test.
+        """ActivityNet Captions: train.json -> train, val_1.json -> test, a seeded share of train -> val.
 
-        Moments running past the video's duration are clamped to it (counted in the report).
+        val_2.json annotates val_1's videos a second time and is skipped. Moments
+        running past the video's duration are clamped to it (counted in the report).
         """
-        _run("activitynet", annotations, videos, out, 0.0, 0, strict, force, fail)
+        _run("activitynet", annotations, videos, out, val_fraction, seed, strict, force, fail)
 
     @import_app.command("charades")
     def charades(

@@ -6,10 +6,14 @@ builds the manifest rows (no writes); `write_import` writes them under the datas
 root, atomically. Every problem in the annotations is collected and reported at once,
 naming the file and line (JSONL / text) or the video id (JSON), like stages/manifest.py.
 
-Split conventions follow the PRVR papers (MS-SL, DL-DKD):
-  * TVR: train -> train, val -> test; `val_fraction` of the train videos -> val.
-  * ActivityNet Captions: train.json -> train, val_1.json -> val, val_2.json -> test.
-  * Charades-STA: train -> train, test -> test; `val_fraction` of the train videos -> val.
+Split conventions follow the PRVR papers (MS-SL, DL-DKD), which train on the release's
+train set and report on one held-out set; our val split (model selection) is a seeded
+`val_fraction` of the train videos in every dataset:
+  * TVR: train -> train, val -> test (2,179 videos / 10,895 queries); test_public skipped.
+  * ActivityNet Captions: train.json -> train, val_1.json -> test; val_2.json skipped:
+    it annotates the same videos as val_1.json a second time, and a video can sit in
+    one split only (using it as val would also select models on the test videos).
+  * Charades-STA: train -> train, test -> test.
 """
 
 from __future__ import annotations
@@ -35,19 +39,18 @@ MAX_LISTED = 50  # problems listed in one error; the rest are counted
 EXAMPLES = 10  # ids shown in summaries of dropped / ambiguous videos
 PROGRESS_EVERY = 10_000  # lines between progress callbacks (TVR train has ~87k)
 
-# Release file name -> our split before the val hold-out; None: recognised but not imported.
-RELEASE_FILES: dict[str, dict[str, str | None]] = {
-    "tvr": {
-        "tvr_train_release.jsonl": "train",
-        "tvr_val_release.jsonl": "test",  # the PRVR papers report on TVR val
-        # No moments and not used by the PRVR papers; skipped rather than half-supported.
-        "tvr_test_public_release.jsonl": None,
-    },
-    "activitynet": {"train.json": "train", "val_1.json": "val", "val_2.json": "test"},
+# Release file name -> our split before the val hold-out.
+RELEASE_FILES: dict[str, dict[str, str]] = {
+    "tvr": {"tvr_train_release.jsonl": "train", "tvr_val_release.jsonl": "test"},  # papers report on TVR val
+    "activitynet": {"train.json": "train", "val_1.json": "test"},
     "charades": {"charades_sta_train.txt": "train", "charades_sta_test.txt": "test"},
 }
-# Datasets whose val split is held out of train (ActivityNet ships its own, val_1).
-HOLDS_OUT_VAL = ("tvr", "charades")
+# Release files recognised but not imported, and why (said in the report).
+SKIPPED_FILES: dict[str, dict[str, str]] = {
+    "tvr": {"tvr_test_public_release.jsonl": "it has no moments and the PRVR papers do not use it"},
+    "activitynet": {"val_2.json": "it annotates the videos of val_1.json a second time; a video sits in one split only"},
+    "charades": {},
+}
 
 Progress = Callable[[str, int], None]  # (file name, lines or entries read so far)
 
@@ -79,7 +82,7 @@ def release_files(dataset: str, annotations: Path) -> tuple[list[ReleaseFile], l
     """
     if dataset not in RELEASE_FILES:
         raise AnnotationError(f"unknown dataset {dataset!r}; one of {list(DATASETS)}")
-    known = RELEASE_FILES[dataset]
+    known = {**RELEASE_FILES[dataset], **dict.fromkeys(SKIPPED_FILES[dataset], "")}
     if annotations.is_file():
         if annotations.name not in known:
             raise AnnotationError(f"{annotations}: unknown file name {annotations.name!r} for {dataset}; "
@@ -94,11 +97,10 @@ def release_files(dataset: str, annotations: Path) -> tuple[list[ReleaseFile], l
         raise AnnotationError(f"{annotations}: no such file or folder")
     files, notes = [], []
     for path in candidates:
-        split = known[path.name]
-        if split is None:
-            notes.append(f"{path.name} skipped: it has no moments and the PRVR papers do not use it")
+        if path.name in SKIPPED_FILES[dataset]:
+            notes.append(f"{path.name} skipped: {SKIPPED_FILES[dataset][path.name]}")
         else:
-            files.append(ReleaseFile(path, split))
+            files.append(ReleaseFile(path, RELEASE_FILES[dataset][path.name]))
     files.sort(key=lambda f: SPLITS.index(f.split))
     if not files:
         raise AnnotationError(f"{annotations}: nothing to import ({'; '.join(notes)})")
@@ -459,9 +461,10 @@ def _frames_note(dataset: str, missing: list[str], index: VideoIndex) -> str | N
     frames = [v for v in missing if v in index.folders]
     if not frames:
         return None
+    fps = 3 if dataset == "tvr" else "FPS"  # TVR's released frames are 3 fps; others: the user knows
     return (f"{len(frames)} missing video(s) are folders (e.g. {frames[0]!r}), probably frames: frame folders "
-            f"are not supported; encode each into a video first, e.g. `ffmpeg -framerate 3 -pattern_type glob "
-            f"-i '{frames[0]}/*.jpg' -c:v libx264 -pix_fmt yuv420p {frames[0]}.mp4` (TVR frames are 3 fps)")
+            f"are not supported; encode each into a video first, e.g. `ffmpeg -framerate {fps} -pattern_type glob "
+            f"-i '{frames[0]}/*.jpg' -c:v libx264 -pix_fmt yuv420p {frames[0]}.mp4`")
 
 
 def plan_import(dataset: str, annotations: Path, videos_dir: Path, out: Path, *, val_fraction: float = 0.05,
@@ -470,8 +473,6 @@ def plan_import(dataset: str, annotations: Path, videos_dir: Path, out: Path, *,
     """Read the release, hold out val, find the videos and build the manifest rows (no writes)."""
     out = out.resolve()
     check_out(out, force)  # before the (long) parse, so a refusal comes at once
-    if dataset not in HOLDS_OUT_VAL and val_fraction:
-        raise AnnotationError(f"{dataset} has its own val split; --val-fraction does not apply")
     _check_fraction(val_fraction)
     files, notes = release_files(dataset, annotations)
     parsed = parse_release(dataset, files, progress)
@@ -499,7 +500,7 @@ def plan_import(dataset: str, annotations: Path, videos_dir: Path, out: Path, *,
         notes.append(f"{len(ambiguous)} video(s) have several files; took the first of "
                      f"{'/'.join(VIDEO_EXTENSIONS)} (see `ambiguous` in {REPORT_FILE})")
     report = _report(dataset, annotations, index, out, link_target, parsed, videos, queries, missing,
-                     val_fraction if dataset in HOLDS_OUT_VAL else None, seed, notes, ambiguous)
+                     val_fraction, seed, notes, ambiguous)
     return ImportPlan(out, link_target, videos, queries, report, missing)
 
 
@@ -524,7 +525,7 @@ def _rows(dataset: str, parsed: Parsed, index: VideoIndex, prefix: str,
 
 def _report(dataset: str, annotations: Path, index: VideoIndex, out: Path, link_target: Path | None,
             parsed: Parsed, videos: list[dict], queries: list[dict], missing: list[str],
-            val_fraction: float | None, seed: int, notes: list[str], ambiguous: dict[str, list[str]]) -> dict:
+            val_fraction: float, seed: int, notes: list[str], ambiguous: dict[str, list[str]]) -> dict:
     missing_set = set(missing)
     clamped = {q.query_id for q in parsed.queries if q.clamped and q.video_id not in missing_set}
     splits: dict[str, dict[str, int]] = {}

@@ -61,8 +61,9 @@ def tvr_release(folder: Path, test_public: bool = True) -> Path:
 ANET = {
     "train.json": {"v_train0": {"duration": 100.0, "timestamps": [[0, 20.5], [30, 100.4]], "sentences": [" A man runs.", "He stops. "]},
                    "v_train1": {"duration": 50.0, "timestamps": [[5, 10]], "sentences": ["A dog jumps."]}},
-    "val_1.json": {"v_val0": {"duration": 30.0, "timestamps": [[1, 2]], "sentences": ["Someone waves."]}},
-    "val_2.json": {"v_test0": {"duration": 40.0, "timestamps": [[0, 40.2], [3, 4]], "sentences": ["A", "B"]}},
+    "val_1.json": {"v_val0": {"duration": 40.0, "timestamps": [[0, 40.2], [3, 4]], "sentences": ["A", "B"]}},
+    # As in the real release: val_2 annotates val_1's videos a second time.
+    "val_2.json": {"v_val0": {"duration": 40.0, "timestamps": [[1, 2]], "sentences": ["Someone waves."]}},
 }
 
 
@@ -127,25 +128,27 @@ def test_tvr_splits_ids_moments_and_durations(tmp_path, clip):
 def test_activitynet_splits_clamping_and_v_prefix(tmp_path, clip):
     out = tmp_path / "ds"
     videos = out / "raw"
-    put_videos(videos, ["v_train0", "v_val0"], clip)
+    put_videos(videos, ["v_train0"], clip)
     put_videos(videos / "nested", ["train1"], clip, ".mkv")  # downloads often drop "v_"; any depth
-    put_videos(videos, ["test0"], clip, ".webm")
+    put_videos(videos, ["val0"], clip, ".webm")
     plan = import_("activitynet", anet_release(tmp_path / "ann"), videos, out, val_fraction=0.0)
     m = load_manifest(out)
 
-    assert {v.video_id: v.split for v in m.videos} == {"v_train0": "train", "v_train1": "train",
-                                                       "v_val0": "val", "v_test0": "test"}
+    # val_1 is the test set; val_2 (the same videos again) is skipped, and said so.
+    assert {v.video_id: v.split for v in m.videos} == {"v_train0": "train", "v_train1": "train", "v_val0": "test"}
+    assert any(n.startswith("val_2.json skipped") for n in plan.report["notes"])
     assert m.video("v_train1").path == (videos / "nested" / "train1.mkv").resolve()
     q = {x.query_id: x for x in m.queries}
-    assert q["v_train0#0"].text == "A man runs." and q["v_train0#1"].text == "He stops."
-    assert q["v_train0#1"].moment == (30.0, 100.0) and q["v_test0#0"].moment == (0.0, 40.0)
-    assert {s: c["clamped"] for s, c in plan.report["splits"].items()} == {"train": 1, "val": 0, "test": 1}
-    assert plan.report["val_fraction"] is None
+    assert len(q) == 5 and q["v_train0#0"].text == "A man runs." and q["v_train0#1"].text == "He stops."
+    assert q["v_train0#1"].moment == (30.0, 100.0) and q["v_val0#0"].moment == (0.0, 40.0)
+    assert {s: c["clamped"] for s, c in plan.report["splits"].items()} == {"train": 1, "test": 1}
+    assert m.video("v_val0").split == "test" and read_rows(out / "videos.jsonl")[0]["duration"] == 100.0
 
 
-def test_activitynet_refuses_a_val_fraction(tmp_path, clip):
-    with pytest.raises(an.AnnotationError, match="own val split"):
-        an.plan_import("activitynet", anet_release(tmp_path / "ann"), tmp_path, tmp_path / "ds", val_fraction=0.1)
+def test_activitynet_val_is_held_out_of_train(tmp_path, clip):
+    videos = put_videos(tmp_path / "videos", ["v_train0", "v_train1", "v_val0"], clip)
+    plan = an.plan_import("activitynet", anet_release(tmp_path / "ann"), videos, tmp_path / "ds", val_fraction=0.5)
+    assert sorted(r["split"] for r in plan.videos) == ["test", "train", "val"]
 
 
 def test_charades_ids_count_per_video_and_no_durations(tmp_path, clip):
@@ -373,6 +376,9 @@ def test_unknown_or_absent_release_files(tmp_path):
     jsonl(tmp_path / "tvr" / "tvr_test_public_release.jsonl", [{"desc_id": 1}])
     with pytest.raises(an.AnnotationError, match="nothing to import"):
         an.release_files("tvr", tmp_path / "tvr")
+    files, notes = an.release_files("activitynet", anet_release(tmp_path / "anet"))
+    assert [(f.path.name, f.split) for f in files] == [("train.json", "train"), ("val_1.json", "test")]
+    assert len(notes) == 1 and "val_2.json" in notes[0]
 
 
 # ---------------------------------------------------------------------------- writing
@@ -464,11 +470,11 @@ def test_cli_reports_malformed_input_with_exit_code_2(tmp_path, clip):
 
 def test_cli_activitynet(tmp_path, clip):
     out = tmp_path / "ds"
-    videos = put_videos(out / "videos", ["v_train0", "v_train1", "v_val0", "v_test0"], clip)
-    result = cli("activitynet", anet_release(tmp_path / "ann"), "--videos", videos, "--out", out)
+    videos = put_videos(out / "videos", ["v_train0", "v_train1", "v_val0"], clip)
+    result = cli("activitynet", anet_release(tmp_path / "ann"), "--videos", videos, "--out", out, "--val-fraction", "0.5")
     assert result.exit_code == 0, result.output
-    assert len(load_manifest(out).queries) == 6
-    assert "--val-fraction" not in cli("activitynet", "--help").output
+    assert {q.split for q in load_manifest(out).queries} == {"train", "val", "test"}
+    assert "val_2.json" in cli("activitynet", "--help").output
 
 
 # ---------------------------------------------------------------------------- end to end
