@@ -199,7 +199,7 @@ def _text(value: object) -> str | None:
 
 
 def _jsonl_lines(path: Path, problems: list[str], progress: Progress | None) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         n = 0
         for n, line in enumerate(f, 1):
             if progress is not None and n % PROGRESS_EVERY == 0:
@@ -256,7 +256,7 @@ def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> in
 def _parse_activitynet(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
     name = rf.path.name
     try:
-        data = json.loads(rf.path.read_text(encoding="utf-8"))
+        data = json.loads(rf.path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
         parsed.problems.append(f"{name}:{e.lineno}: not valid JSON ({e.msg})")
         return 0
@@ -310,7 +310,7 @@ def _activitynet_video(rf: ReleaseFile, vid: str, entry: object, where: str, par
 def _parse_charades(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
     per_video: Counter[str] = Counter()  # k in "{vid}#{k}": the video's sentences in file order
     records = 0
-    with rf.path.open(encoding="utf-8") as f:
+    with rf.path.open(encoding="utf-8-sig") as f:
         n = 0
         for n, line in enumerate(f, 1):
             if progress is not None and n % PROGRESS_EVERY == 0:
@@ -347,7 +347,13 @@ def parse_release(dataset: str, files: list[ReleaseFile], progress: Progress | N
     """Read every release file; raise AnnotationError listing all problems in all files."""
     parsed = Parsed()
     for rf in files:
-        records = _PARSERS[dataset](rf, parsed, progress)
+        # Files are read as "utf-8-sig": a byte-order mark left by an editor must not glue
+        # itself to the first video id. Undecodable bytes are a problem of the file, not a crash.
+        try:
+            records = _PARSERS[dataset](rf, parsed, progress)
+        except (UnicodeDecodeError, OSError) as e:
+            parsed.problems.append(f"{rf.path.name}: cannot be read as UTF-8 text ({e})")
+            continue
         parsed.sources.append({"file": rf.path.name, "path": str(rf.path.resolve()), "split": rf.split,
                                "queries": records})
     if parsed.problems:

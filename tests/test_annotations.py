@@ -356,6 +356,16 @@ def test_charades_problems_name_the_file_and_line(tmp_path):
     assert "charades_sta_train.txt:5: expected" in msg
 
 
+def test_byte_order_marks_are_ignored_and_binary_files_reported(tmp_path):
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "charades_sta_test.txt").write_bytes("BW4QG 1 2##a sentence\n".encode("utf-8-sig"))
+    assert an.parse_release("charades", an.release_files("charades", ann)[0]).queries[0].query_id == "BW4QG#0"
+    (ann / "charades_sta_train.txt").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(an.AnnotationError, match="charades_sta_train.txt: cannot be read as UTF-8"):
+        an.parse_release("charades", an.release_files("charades", ann)[0])
+
+
 def test_the_problem_list_is_capped(tmp_path):
     ann = tmp_path / "ann"
     jsonl(ann / "charades_sta_train.txt", [f"V{i} x 1##bad" for i in range(80)])
