@@ -36,7 +36,6 @@ VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order
 REPORT_FILE = "import_report.json"
 VIDEOS_LINK = "videos"
 MAX_LISTED = 50  # problems listed in one error; the rest are counted
-EXAMPLES = 10  # ids shown in summaries of dropped / ambiguous videos
 PROGRESS_EVERY = 10_000  # lines between progress callbacks (TVR train has ~87k)
 
 # Release file name -> our split before the val hold-out.
