@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,10 +88,16 @@ def _need_str(obj: dict, key: str, where: str, problems: list[str]) -> str | Non
 
 
 def _inside(root: Path, rel: str) -> Path | None:
+    """The path a manifest line names, when its text stays inside the root.
+
+    The check is on the text (no absolute paths, no `..` out of the root): that is what a manifest
+    or annotation file controls. Links inside the root are the owner's choice and are followed,
+    e.g. `videos -> /data/tvr/videos` made by `prvr import` for a video folder kept elsewhere.
+    """
     p = Path(rel)
     if p.is_absolute():
         return None
-    full = (root / p).resolve()
+    full = Path(os.path.normpath(root / p))
     return full if full.is_relative_to(root) else None
 
 

@@ -241,9 +241,6 @@ def test_a_real_folder_named_videos_is_never_replaced_by_the_link(tmp_path, clip
     assert (out / "videos").is_dir() and not (out / "videos").is_symlink()
 
 
-@pytest.mark.xfail(raises=ManifestError, strict=False,
-                   reason="stages/manifest.py resolves symlinks before its inside-the-root check, so it refuses "
-                          "paths through the videos link; passes once that check is lexical")
 def test_a_linked_videos_folder_loads(tmp_path, clip):
     videos = put_videos(tmp_path / "elsewhere", ["BW4QG"], clip)
     out = tmp_path / "ds"

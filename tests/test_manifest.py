@@ -24,7 +24,7 @@ def test_valid_manifest(tmp_path):
                     {"query_id": "q2", "video_id": "b", "text": "y", "split": "test"}])
     m = load_manifest(root)
     assert [v.video_id for v in m.videos] == ["a", "b"]
-    assert m.videos[0].path == (root / "videos/a.mp4").resolve()
+    assert m.videos[0].path == root.resolve() / "videos/a.mp4"
     assert m.queries[0].moment == (1.0, 2.5) and m.queries[1].moment is None
     assert m.splits() == ["train", "test"]
 
@@ -64,16 +64,23 @@ def test_every_problem_listed_with_its_line(tmp_path):
         assert needle in msg, (needle, msg)
 
 
-def test_symlink_escaping_root_is_refused(tmp_path):
-    outside = tmp_path / "outside.mp4"
-    outside.write_bytes(b"x")
+def test_paths_are_checked_as_written_and_links_inside_the_root_are_followed(tmp_path):
+    """`..` cannot leave the root, even through a link; a link the owner placed in the root is followed."""
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.mp4").write_bytes(b"x")
     root = tmp_path / "ds"
     root.mkdir()
-    (root / "link.mp4").symlink_to(outside)
-    (root / "videos.jsonl").write_text(json.dumps({"video_id": "a", "path": "link.mp4", "split": "train"}) + "\n")
+    (root / "videos").symlink_to(outside)
+    (root / "videos.jsonl").write_text(json.dumps({"video_id": "a", "path": "videos/a.mp4", "split": "train"}) + "\n"
+                                       + json.dumps({"video_id": "b", "path": "videos/../../elsewhere/a.mp4",
+                                                     "split": "train"}) + "\n")
     (root / "queries.jsonl").write_text("")
-    with pytest.raises(ManifestError, match="escapes the dataset root"):
+    with pytest.raises(ManifestError, match=r"videos.jsonl:2: path 'videos/../../elsewhere/a.mp4' escapes"):
         load_manifest(root)
+    (root / "videos.jsonl").write_text(json.dumps({"video_id": "a", "path": "videos/a.mp4", "split": "train"}) + "\n")
+    m = load_manifest(root)
+    assert m.videos[0].path == root.resolve() / "videos" / "a.mp4" and m.videos[0].path.read_bytes() == b"x"
 
 
 def test_missing_manifest_files(tmp_path):
