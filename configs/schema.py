@@ -273,8 +273,29 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Read YAML, apply `--set` overrides, validate, anchor relative paths. Raises ConfigError."""
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_profile(data: dict, profile: str | None, source: str) -> dict:
+    """A config file may hold `profiles: {name: {...}}`, partial configs merged over the rest on request
+    (e.g. configs/tvr.yaml: the released-features route by default, `--profile videos` for raw videos)."""
+    profiles = data.pop("profiles", None) or {}
+    if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
+        raise ConfigError(f"config {source}: `profiles` must map names to partial configs")
+    if profile is None:
+        return data
+    if profile not in profiles:
+        raise ConfigError(f"config {source} has no profile {profile!r}; profiles: {sorted(profiles) or 'none'}")
+    return _merge(data, profiles[profile])
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None,
+                profile: str | None = None) -> RunConfig:
+    """Read YAML, merge a profile, apply `--set` overrides, validate, anchor relative paths. Raises ConfigError."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -284,6 +305,7 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
+    data = apply_profile(data, profile, str(path))
     data = apply_overrides(data, overrides or [])
     try:
         cfg = RunConfig.model_validate(data)

@@ -19,11 +19,13 @@ def prvr_flow(
     config_path: str = "configs/demo.yaml",
     stages: list[Stage] | None = None,
     overrides: dict[str, Any] | None = None,
+    profile: str | None = None,
 ) -> dict:
-    """Run the pipeline's stages in order; `overrides` are dotted keys, e.g. {"extract.fps": 2}."""
+    """Run the pipeline's stages in order; `overrides` are dotted keys, e.g. {"extract.fps": 2};
+    `profile` picks a profile of the config file (e.g. "videos" in configs/tvr.yaml)."""
     from flows.model import evaluate_flow, teacher_flow, train_flow
 
-    cfg = load_config(config_path, overrides or {})
+    cfg = load_config(config_path, overrides or {}, profile)
     check_source(cfg)  # the manifest or release validated at the door, before any work
     wanted = [s for s in ALL_STAGES if s in (stages or ALL_STAGES)]
     get_run_logger().info("run %s: stages %s, store %s", cfg.name, wanted, cfg.store)

@@ -26,7 +26,10 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _load(config: Path, overrides: list[str]):
+PROFILE_HELP = "a profile of the config file (e.g. `videos` in configs/tvr.yaml: the raw-video route)"
+
+
+def _load(config: Path, overrides: list[str], profile: Optional[str] = None):
     """The validated config; its dataset (manifest or release) checked too. Exits 2 on any problem."""
     from configs.schema import ConfigError, load_config
     from stages.manifest import ManifestError
@@ -35,7 +38,7 @@ def _load(config: Path, overrides: list[str]):
     from stages.sources import check_source
 
     try:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, profile)
         check_source(cfg)
     except (ConfigError, ManifestError, ReleaseError, ReleaseFormatError) as e:
         _fail(str(e))
@@ -47,11 +50,12 @@ def run(
     config: Path = typer.Argument(..., help="YAML run config"),
     stages: Optional[list[str]] = typer.Option(None, "--stages", "-s", help="stages to run (default: all)"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
 ) -> None:
     """Run the pipeline in this process (a local ephemeral Prefect API unless PREFECT_API_URL is set)."""
     from flows.pipeline import ALL_STAGES
 
-    _load(config, set_ or [])  # validate everything before Prefect starts
+    _load(config, set_ or [], profile)  # validate everything before Prefect starts
     unknown = sorted(set(stages or []) - set(ALL_STAGES))
     if unknown:
         _fail(f"unknown stage(s) {unknown}; known: {ALL_STAGES}")
@@ -59,7 +63,8 @@ def run(
     from flows.pipeline import prvr_flow
 
     flat = {".".join(keys): value for keys, value in map(parse_override, set_ or [])}
-    state = prvr_flow(str(config.resolve()), stages=stages or None, overrides=flat, return_state=True)
+    state = prvr_flow(str(config.resolve()), stages=stages or None, overrides=flat, profile=profile,
+                      return_state=True)
     if not state.is_completed():
         _fail(f"run ended {state.name}: {state.message}", code=1)
     typer.echo(json.dumps(state.result(), indent=2, default=str))
@@ -69,13 +74,14 @@ def run(
 def status(
     config: Path = typer.Argument(..., help="YAML run config"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Every shard's state under the current config: committed, failed, missing or stale."""
     from stages.sources import source_status
     from storage.features import FeatureStore, StoreError
 
-    cfg = _load(config, set_ or [])
+    cfg = _load(config, set_ or [], profile)
     try:
         store = FeatureStore(cfg.store, mode="r")
     except StoreError:
@@ -107,6 +113,7 @@ def search(
     text: str = typer.Argument(..., help="what happens in the moment you look for"),
     top: int = typer.Option(10, "--top", "-k", min=1),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Rank the stored videos for a sentence with the trained student; show the matching moment."""
@@ -114,7 +121,7 @@ def search(
     from storage.checkpoints import CheckpointError
     from storage.features import StoreError
 
-    cfg = _load(config, set_ or [])
+    cfg = _load(config, set_ or [], profile)
     try:
         hits = run_search(cfg, text, top)
     except (ValueError, StoreError, CheckpointError) as e:

@@ -4,6 +4,8 @@ import pytest
 
 from configs.schema import ConfigError, RunConfig, load_config, parse_override
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "run.yaml"
@@ -96,3 +98,36 @@ def test_demo_and_example_configs_validate():
 
     for name in ("demo.yaml", "example.yaml"):
         load_config(ROOT / "configs" / name)
+
+
+# ---- profiles and the shipped benchmark configs ------------------------------------------
+@pytest.mark.parametrize("name", ["tvr", "activitynet", "charades"])
+def test_benchmark_configs_validate_in_both_routes(name):
+    from configs.schema import load_config
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    release = load_config(path)
+    assert release.dataset.release is not None and release.dataset.release.collection == name
+    assert release.train.visual == [release.dataset.release.feature]
+    assert release.extract.teacher[0].key == "vit-b-32-quickgelu-openai"  # the release importer's key
+    assert (release.train.lr, release.train.hidden, release.train.fusion) == (2.5e-4, 384, 0.7)
+    assert release.train.margin == (0.1 if name == "tvr" else 0.2)
+    videos = load_config(path, profile="videos")
+    assert videos.dataset.release is None and videos.name == f"{name}-videos"
+    assert videos.dataset.root == (ROOT / "data" / name).resolve()
+    assert videos.extract.teacher[0].model == "ViT-B-32-quickgelu" and videos.extract.teacher[0].pretrained == "openai"
+    assert videos.train.margin == release.train.margin  # the profile changes the route, not the method
+
+
+def test_profiles_merge_over_the_file_and_overrides_come_last(tmp_path):
+    from configs.schema import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: base\ndataset: {root: data}\nstore: s.zarr\ntrain: {epochs: 5, lr: 0.001}\n"
+                   "profiles:\n  quick: {name: quick, train: {epochs: 1}}\n")
+    assert load_config(cfg).train.epochs == 5
+    quick = load_config(cfg, profile="quick")
+    assert (quick.name, quick.train.epochs, quick.train.lr) == ("quick", 1, 0.001)
+    assert load_config(cfg, ["train.epochs=2"], profile="quick").train.epochs == 2
+    with pytest.raises(ConfigError, match=r"has no profile 'slow'; profiles: \['quick'\]"):
+        load_config(cfg, profile="slow")
