@@ -292,3 +292,17 @@ def test_release_without_teacher_trains_the_exploration_branch_only(tmp_path):
         train(load_config(cfg_path))
     summary = train(load_config(cfg_path, ["train.branches=exploration"]))
     assert summary["best_epoch"] is not None
+
+
+@pytest.mark.parametrize("text", [
+    "{'a': ['a_0', 'a_1'], \"b\": [\"b_0\"]}",
+    "{\n  'a': ['a_0',\n        'a_1',],\n  'b': ['b_0'],\n}\n",
+    "{'a': ['a_0' 'a_1'], 'b': ['b_0']}",          # adjacent literals concatenate in Python
+    "{'a\\'s': ['x'], 'b': ('b_0',)}",             # escapes and tuples: the full literal parser
+])
+def test_video2frames_fast_reader_agrees_with_the_python_literal(tmp_path, text):
+    import ast
+
+    f = tmp_path / "video2frames.txt"
+    f.write_text(text)
+    assert read_video2frames(f) == {k: list(v) for k, v in ast.literal_eval(text).items()}
