@@ -10,6 +10,7 @@ from prefect.artifacts import (
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
+from flows.progress import ProgressArtifact
 from stages import evaluate as ev
 from stages import teacher as tc
 from stages import train as tr
@@ -35,7 +36,8 @@ def require_complete_store(config: RunConfig) -> None:
 
 @task(name="teacher-cache", task_run_name="teacher-cache-{teacher}-{split}", retries=1)
 def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
-    result = tc.build_teacher_cache(config, teacher, split)
+    progress = ProgressArtifact("teacher-progress", f"teacher {teacher} / {split}")
+    result = tc.build_teacher_cache(config, teacher, split, progress=progress)
     get_run_logger().info("teacher %s / %s: %s", teacher, split, "unchanged, skipped" if result["skipped"] else
                           f"{result['queries']} x {result['videos']} in {result['seconds']:.1f}s")
     return result
@@ -85,8 +87,7 @@ def train_flow(config: RunConfig) -> dict:
 def evaluate_task(config: RunConfig) -> dict:
     from stages.report import metrics_table_rows
 
-    logger = get_run_logger()
-    summary = ev.evaluate_run(config, progress=logger.info)
+    summary = ev.evaluate_run(config, progress=ProgressArtifact("evaluate-progress", f"evaluate {config.name}"))
     create_table_artifact(metrics_table_rows(summary), key="metrics", description=f"{config.name}: {summary['split']}")
     report = summary["files"].get("report")
     if report:

@@ -20,6 +20,8 @@ from storage.runs import RunPaths
 
 log = logging.getLogger("prvr.evaluate")
 VIDEO_CHUNK = 256  # videos encoded per forward when building the gallery
+# progress(fraction done in [0, 1], what is being done)
+Progress = Callable[[float, str], None]
 
 
 @torch.inference_mode()
@@ -43,7 +45,8 @@ def encode_split(model, data: SplitData, device: torch.device | str = "cpu", bra
 
 
 def evaluate_student(model, data: SplitData, branch: str, device: torch.device | str = "cpu",
-                     chunk: int = 1024, encoded=None) -> tuple[dict[str, float], np.ndarray]:
+                     chunk: int = 1024, encoded=None,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], np.ndarray]:
     from stages.metrics import evaluate_chunked
 
     gallery, queries, mask = encoded or encode_split(model, data, device, branch)
@@ -54,7 +57,8 @@ def evaluate_student(model, data: SplitData, branch: str, device: torch.device |
         return model.score_encoded(q, gallery, mask, branch).float().cpu().numpy()
 
     # Pessimistic ties: a collapsed model that scores every video alike must not look perfect.
-    return evaluate_chunked(score_chunk, data.query_video.numpy(), chunk=chunk, ties="pessimistic")
+    return evaluate_chunked(score_chunk, data.query_video.numpy(), chunk=chunk, progress=progress,
+                            ties="pessimistic")
 
 
 def own_video_frame_scores(model, queries: dict[str, torch.Tensor], frames: dict[str, torch.Tensor],
@@ -113,39 +117,57 @@ def teacher_zero_shot(store: FeatureStore, teacher: str, split: str, data: Split
     return metrics
 
 
-def evaluate_run(cfg: RunConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Evaluate run `cfg.name` on `cfg.evaluate.split`; writes metrics.json, report.md and plots."""
+def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Evaluate run `cfg.name` on `cfg.evaluate.split`; writes metrics.json, report.md and plots.
+    `progress(fraction, message)` hears each step and each chunk of queries ranked."""
     from models.clip import resolve_device
     from stages.report import write_run_report
     from stages.train import load_trained_student
     from storage.checkpoints import newest_loadable
 
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
+
     device = torch.device(resolve_device(cfg.train.device))
     split = cfg.evaluate.split
     store = FeatureStore(cfg.store)
+    report(0.0, f"loading the student and the {split} split")
     model, branch, state = load_trained_student(cfg, cfg.evaluate.checkpoint, str(device))
     data = load_split(cfg, split, (), store)
+    report(0.1, f"encoding {len(data.video_ids)} videos and {len(data.query_ids)} queries")
     encoded = encode_split(model, data, device, branch)
     methods: dict[str, dict[str, float]] = {}
     names = {"fused": "DL-DKD student (fused)", "inheritance": "inheritance branch", "exploration": "exploration branch"}
     branches = ["fused", "inheritance", "exploration"] if branch == "fused" else [branch]
     ranks_by_branch = {}
-    for b in branches:
-        metrics, ranks = evaluate_student(model, data, b, device, cfg.evaluate.query_chunk, encoded)
+    # Ranking the queries is 0.3 -> 0.8 of the progress, in equal parts per branch.
+    edges = [0.3 + 0.5 * i / len(branches) for i in range(len(branches) + 1)]
+    for i, b in enumerate(branches):
+        lo, hi = edges[i], edges[i + 1]
+
+        def ranked(done: int, total: int, lo: float = lo, hi: float = hi, b: str = b) -> None:
+            report(hi if done >= total else lo + (hi - lo) * done / total, f"ranking {total} queries: {names[b]}")
+
+        metrics, ranks = evaluate_student(model, data, b, device, cfg.evaluate.query_chunk, encoded, ranked)
         methods[names[b]] = metrics
         ranks_by_branch[b] = ranks
-        if progress:
-            progress(f"{names[b]}: SumR {metrics['SumR']:.1f}")
+        report(hi, f"{names[b]}: SumR {metrics['SumR']:.1f}")
     from stages.sources import stored_teachers
 
     for teacher in stored_teachers(cfg, store):  # a release may come without its teacher
-        methods[f"teacher {teacher} (zero-shot)"] = teacher_zero_shot(store, teacher, split, data)
+        name = f"teacher {teacher} (zero-shot)"
+        methods[name] = teacher_zero_shot(store, teacher, split, data)
+        report(0.85, f"{name}: SumR {methods[name]['SumR']:.1f}")
+    report(0.9, "moments of the top videos")
     moments = moments_of_top_videos(model, data, branch, ranks_by_branch[branch], encoded, device)
     paths = RunPaths.of(cfg.runs_dir, cfg.name)
     found = newest_loadable(paths)
     history = list(found[1]["history"]) if found else []
     summary = {"run": cfg.name, "split": split, "queries": len(data.query_ids), "videos": len(data.video_ids),
                "best_epoch": state.get("epoch"), "methods": methods, "moments": moments}
+    report(0.95, "writing metrics, report and plots")
     files = write_run_report(paths.root, summary, history, title=f"prvr run {cfg.name}")
     summary["files"] = {k: str(v) for k, v in files.items()}
+    report(1.0, f"{names[branch]} on {split}: SumR {methods[names[branch]]['SumR']:.1f}")
     return summary

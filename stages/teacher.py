@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,10 @@ CACHE_VERSION = 1
 # Frames multiplied at once inside a task: bounds the float32 (queries x frames) product
 # to query_block x 8192 x 4 bytes (32 MB at 1024 queries).
 FRAMES_PER_STEP = 8192
+# progress(fraction done in [0, 1], what is being done); called from the calling thread.
+Progress = Callable[[float, str], None]
+# Shares of a cache's time, for progress: the (queries x all frames) matrix dominates.
+VIDEO_SIM_SHARE = 0.9
 
 
 def teacher_keys(cfg: RunConfig) -> list[str]:
@@ -206,7 +211,7 @@ def plan_positives(positive_ids: list[str], split: SplitFrames) -> PositivePlan:
 
 
 def positive_frames_compute(sentences: da.Array, split: SplitFrames, plan: PositivePlan, query_block: int,
-                            scheduler: str | None) -> np.ndarray:
+                            scheduler: str | None, **compute: Any) -> np.ndarray:
     """Flat positive-frame scores in query order.
 
     Tasks take query blocks in positive-video order, so each reads one narrow band of frames
@@ -230,7 +235,7 @@ def positive_frames_compute(sentences: da.Array, split: SplitFrames, plan: Posit
         pieces.append(da.from_delayed(task, shape=(total,), dtype=np.float16))
     if not pieces:
         return np.zeros(0, dtype=np.float16)
-    in_order = da.concatenate(pieces).compute(scheduler=scheduler)
+    in_order = da.concatenate(pieces).compute(scheduler=scheduler, **compute)
     # in_order holds the queries of plan.order back to back; gather them into query order.
     lengths = np.diff(plan.offsets)
     source_start = np.zeros(len(lengths), dtype=np.int64)
@@ -239,11 +244,39 @@ def positive_frames_compute(sentences: da.Array, split: SplitFrames, plan: Posit
     return in_order[gather]
 
 
+# ---- progress ----------------------------------------------------------------
+def task_progress(progress: Progress | None, lo: float, hi: float, message: str, collection: Any,
+                  scheduler: str | None) -> dict[str, Any]:
+    """Keyword arguments for dask's compute that report the share of finished tasks, mapped onto
+    [lo, hi], as progress. Only dask's local schedulers (threads, processes, sync) take callbacks;
+    on a distributed Client this reports nothing here (its dashboard shows the tasks)."""
+    if progress is None:
+        return {}
+    from dask.base import get_scheduler
+
+    get = get_scheduler(scheduler=scheduler, collections=[collection])
+    if not (getattr(get, "__module__", None) or "").startswith("dask."):
+        return {}
+
+    def posttask(key, result, dsk, state, worker_id) -> None:
+        done = len(state["finished"])
+        total = done + len(state["ready"]) + len(state["waiting"]) + len(state["running"])
+        progress(hi if done >= total else lo + (hi - lo) * done / total, message)
+
+    # dask's callback tuple: (start, start_state, pretask, posttask, finish); passed per call,
+    # not registered globally, so computations in other threads never report here.
+    return {"callbacks": [(None, None, None, posttask, None)]}
+
+
 # ---- the stage ---------------------------------------------------------------
 def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_block: int = 1024,
-                        scheduler: str | None = None) -> dict:
+                        scheduler: str | None = None, progress: Progress | None = None) -> dict:
     """Compute and write one (teacher, split) cache unless one is committed under the current
-    fingerprint. `scheduler` None uses dask's default: threads, or a distributed Client in scope."""
+    fingerprint. `scheduler` None uses dask's default: threads, or a distributed Client in scope.
+    `progress(fraction, message)` hears each phase and, on dask's local schedulers, each finished task."""
+    def report(fraction: float, message: str) -> None:
+        if progress is not None:
+            progress(fraction, message)
     if query_block < 1:
         raise ValueError(f"query_block must be >= 1, got {query_block}")
     spec = _teacher_spec(cfg, teacher_key)
@@ -255,6 +288,7 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
     fp = fingerprint(inputs)
     if cache.status(teacher_key, split, fp) == "committed":
         info = cache.info(teacher_key, split)
+        report(1.0, "unchanged inputs, cache kept")
         return {"teacher": teacher_key, "split": split, "queries": len(info["query_ids"]),
                 "videos": len(info["video_ids"]), "skipped": True,
                 "seconds": round(time.perf_counter() - started, 3),
@@ -276,12 +310,21 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
     store.invalidate_consolidated()
     writer = cache.begin(teacher_key, split, text.query_ids, frames.video_ids, query_block, fp, inputs)
     if n_queries and n_videos:
-        writer.store_video_sim(video_sim_dask(sentences, frames, writer.chunks), scheduler=scheduler)
-    flat = positive_frames_compute(sentences, frames, positives, query_block, scheduler)
+        sims = video_sim_dask(sentences, frames, writer.chunks)
+        message = (f"query x video scores: {n_queries} queries x {n_videos} videos "
+                   f"({int(frames.offsets[-1])} frames)")
+        report(0.0, message)
+        writer.store_video_sim(sims, scheduler=scheduler,
+                               **task_progress(progress, 0.0, VIDEO_SIM_SHARE, message, sims, scheduler))
+    message = f"positive-frame scores of {n_queries} queries"
+    report(VIDEO_SIM_SHARE, message)
+    flat = positive_frames_compute(sentences, frames, positives, query_block, scheduler,
+                                   **task_progress(progress, VIDEO_SIM_SHARE, 1.0, message, sentences, scheduler))
     writer.write_positive(flat, positives.offsets)
     seconds = time.perf_counter() - started
     writer.commit({"queries": n_queries, "videos": n_videos, "frames": int(frames.offsets[-1]),
                    "missing_positives": missing, "seconds": round(seconds, 3)})
+    report(1.0, f"committed in {seconds:.1f}s")
     log.info("%s/%s: %d queries x %d videos in %.1fs", teacher_key, split, n_queries, n_videos, seconds)
     return {"teacher": teacher_key, "split": split, "queries": n_queries, "videos": n_videos,
             "skipped": False, "seconds": round(seconds, 3), "missing_positives": missing}

@@ -55,8 +55,9 @@ class TeacherCacheWriter:
     def shape(self) -> tuple[int, int]:
         return tuple(self._group["video_sim"].shape)  # type: ignore[return-value]
 
-    def store_video_sim(self, sims, scheduler: str | None = None) -> None:
-        """Write a dask array whose blocks are exactly the Zarr chunks, each block by one task."""
+    def store_video_sim(self, sims, scheduler: str | None = None, **compute: Any) -> None:
+        """Write a dask array whose blocks are exactly the Zarr chunks, each block by one task.
+        `compute` goes to dask's compute (e.g. `callbacks` of a local scheduler)."""
         import dask.array as da
 
         target = self._group["video_sim"]
@@ -66,7 +67,7 @@ class TeacherCacheWriter:
             # Every block but the last must fill whole chunks, or two tasks would share a chunk.
             if any(b != size for b in blocks[:-1]) or (blocks and blocks[-1] > size):
                 raise ValueError(f"blocks along axis {axis} {blocks[:4]}... do not match the chunk size {size}")
-        da.store(sims, target, lock=False, scheduler=scheduler)
+        da.store(sims, target, lock=False, scheduler=scheduler, **compute)
 
     def write_video_sim_block(self, row: int, col: int, block: np.ndarray) -> None:
         """Write one chunk-aligned block (for callers without dask)."""
