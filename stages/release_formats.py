@@ -117,7 +117,7 @@ class BigFile:
         if dupes:
             raise ReleaseFormatError(f"{id_file}: repeated ids: {_listed(dupes)}")
         self.size_bytes = actual
-        self._data = np.memmap(bin_file, dtype="<f4", mode="r", shape=(self.rows, self.dims)) if self.rows else None
+        self._bin = bin_file
 
     def read(self, names: list[str]) -> np.ndarray:
         """Rows by name, in the order given, as float32 (n, dims)."""
@@ -125,9 +125,20 @@ class BigFile:
             rows = np.fromiter((self.index[n] for n in names), dtype=np.int64, count=len(names))
         except KeyError as e:
             raise ReleaseFormatError(f"{self.folder / 'id.txt'}: no row named {e.args[0]!r}") from None
-        if self._data is None:
-            return np.zeros((0, self.dims), np.float32)
-        return np.asarray(self._data[rows], dtype=np.float32)
+        # Plain reads of contiguous runs (a video's rows usually are one run), not a memory map:
+        # the process then holds only what it reads, and its memory stays what it seems.
+        out = np.empty((len(rows), self.dims), dtype=np.float32)
+        row_bytes = self.dims * 4
+        with open(self._bin, "rb") as f:
+            i = 0
+            while i < len(rows):
+                j = i + 1
+                while j < len(rows) and rows[j] == rows[j - 1] + 1:
+                    j += 1
+                f.seek(int(rows[i]) * row_bytes)
+                out[i:j] = np.frombuffer(f.read((j - i) * row_bytes), dtype="<f4").reshape(j - i, self.dims)
+                i = j
+        return out
 
 
 def read_video2frames(path: Path) -> dict[str, list[str]]:
