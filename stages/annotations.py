@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE
+from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE, iter_jsonl
 
 DATASETS = ("tvr", "activitynet", "charades")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order when a stem has several
@@ -198,24 +198,8 @@ def _text(value: object) -> str | None:
 
 
 def _jsonl_lines(path: Path, problems: list[str], progress: Progress | None) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8-sig") as f:
-        n = 0
-        for n, line in enumerate(f, 1):
-            if progress is not None and n % PROGRESS_EVERY == 0:
-                progress(path.name, n)
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path.name}:{n}: not valid JSON ({e.msg})")
-                continue
-            if not isinstance(obj, dict):
-                problems.append(f"{path.name}:{n}: expected a JSON object")
-                continue
-            yield n, obj
-        if progress is not None:
-            progress(path.name, n)
+    report = None if progress is None else (lambda n: progress(path.name, n))
+    return iter_jsonl(path, problems, PROGRESS_EVERY, report)
 
 
 def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:

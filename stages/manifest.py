@@ -11,6 +11,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 VIDEOS_FILE = "videos.jsonl"
 QUERIES_FILE = "queries.jsonl"
@@ -61,10 +62,15 @@ class Manifest:
         return [v for v in self.videos if v.split == split]
 
 
-def _read_jsonl(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
+def iter_jsonl(path: Path, problems: list[str], every: int = 0,
+               on_progress: Callable[[int], None] | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) per JSON-object line; bad lines go to `problems` as `file:line: why`.
+    `on_progress(lines read)` is called every `every` lines and at the end."""
+    n = 0
+    with path.open(encoding="utf-8-sig") as f:  # tolerate a byte-order mark
         for n, line in enumerate(f, 1):
+            if on_progress is not None and every and n % every == 0:
+                on_progress(n)
             if not line.strip():
                 continue
             try:
@@ -75,8 +81,13 @@ def _read_jsonl(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 problems.append(f"{path.name}:{n}: expected a JSON object")
                 continue
-            rows.append((n, obj))
-    return rows
+            yield n, obj
+    if on_progress is not None:
+        on_progress(n)
+
+
+def _read_jsonl(path: Path, problems: list[str]) -> list[tuple[int, dict]]:
+    return list(iter_jsonl(path, problems))
 
 
 def _need_str(obj: dict, key: str, where: str, problems: list[str]) -> str | None:
