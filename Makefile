@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	  echo "installing ffmpeg with apt"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq ffmpeg; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt (the browser test drives it headless)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch and torchvision first, pinned to the builds known to work together here.
