@@ -11,6 +11,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
 from flows.progress import ProgressArtifact
+from flows.runners import dask_client
 from stages import evaluate as ev
 from stages import teacher as tc
 from stages import train as tr
@@ -36,8 +37,9 @@ def require_complete_store(config: RunConfig) -> None:
 
 @task(name="teacher-cache", task_run_name="teacher-cache-{teacher}-{split}", retries=1)
 def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
-    progress = ProgressArtifact("teacher-progress", f"teacher {teacher} / {split}")
-    result = tc.build_teacher_cache(config, teacher, split, progress=progress)
+    with dask_client(config):  # runner dask / local-dask: the blocks run on that cluster's workers
+        progress = ProgressArtifact("teacher-progress", f"teacher {teacher} / {split}")
+        result = tc.build_teacher_cache(config, teacher, split, progress=progress)
     get_run_logger().info("teacher %s / %s: %s", teacher, split, "unchanged, skipped" if result["skipped"] else
                           f"{result['queries']} x {result['videos']} in {result['seconds']:.1f}s")
     return result
