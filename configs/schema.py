@@ -148,6 +148,12 @@ class TrainConfig(_Strict):
     increasing: bool = False
     distill_temperature: float = Field(default=0.2, gt=0)
     soft_infonce: bool = Field(default=False, description="DL-DKD++ soft targets in InfoNCE")
+    soft_alpha: float = Field(default=0.8, ge=0, le=1, description="share of each batch kept on one-hot targets")
+    soft_beta: float = Field(default=0.8, ge=0, le=1, description="weight of the one-hot part in a soft target")
+    soft_schedule: Literal["exponential", "linear", "sigmoid", "cosine", "constant"] = Field(
+        default="sigmoid", description="decay of soft_alpha and soft_beta over epochs")
+    soft_teacher_scale: float = Field(default=100.0, gt=0, description="teacher cosine -> logits for its "
+                                      "soft targets (CLIP's logit scale; the reference uses raw CLIP dot products)")
     fusion: float = Field(default=0.7, ge=0, le=1, description="weight of the inheritance branch at inference")
     early_stop: int = Field(default=10, ge=1, description="epochs without validation SumR gain before stopping")
     device: Literal["auto", "cpu", "cuda"] = "auto"

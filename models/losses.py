@@ -7,6 +7,7 @@ index of its positive video in the batch. Every video is expected to have at lea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -133,6 +134,44 @@ def soft_infonce_loss(
     log_positive = (log_weights + video_dot).logsumexp(0)
     video_to_text = (video_dot.logsumexp(0) - log_positive)[has_query].mean()
     return text_to_video + video_to_text
+
+
+def partitioned_soft_infonce(video_dot: Tensor, query_video: Tensor, soft_scores: Tensor, alpha: float,
+                             beta: float) -> Tensor:
+    """DL-DKD++'s InfoNCE with soft targets on part of the batch, as its reference code splits it.
+
+    The first floor(alpha * Q) queries and floor(alpha * B) videos keep one-hot targets; the rest
+    use `(1 - beta) * softmax(soft_scores) + beta * one_hot` (rows of soft_scores for text->video,
+    its columns for video->text). Loss = alpha * (hard text->video + hard video->text means)
+    + (1 - alpha) * (the soft means); an empty part contributes nothing. Batches are shuffled,
+    so "the first" rows are a random share. soft_scores (Q, B): the teacher's scores for the
+    inheritance branch, the branch's own (detached) scores for the exploration branch.
+    """
+    if not (0.0 <= alpha <= 1.0 and 0.0 <= beta <= 1.0):
+        raise ValueError(f"alpha and beta must be in [0, 1], got {alpha}, {beta}")
+    num_queries, num_videos = video_dot.shape
+    one_hot = positive_mask(query_video, num_videos).to(video_dot.dtype)  # (Q, B)
+    soft = soft_scores.detach().to(video_dot.dtype)
+    hard_q, hard_v = math.floor(alpha * num_queries), math.floor(alpha * num_videos)
+
+    text_targets = one_hot.clone()
+    text_targets[hard_q:] = (1.0 - beta) * soft[hard_q:].softmax(dim=1) + beta * one_hot[hard_q:]
+    text_to_video = -(text_targets * video_dot.log_softmax(dim=1)).sum(1)  # (Q,)
+
+    video_weights = one_hot.T.clone()  # (B, Q)
+    video_weights[hard_v:] = (1.0 - beta) * soft.T[hard_v:].softmax(dim=1) + beta * one_hot.T[hard_v:]
+    # A zero weight drops its query from the numerator: a finite fill instead of log(0) keeps
+    # the backward free of NaN.
+    log_weights = video_weights.log().masked_fill(video_weights <= 0, torch.finfo(video_dot.dtype).min)
+    scores_t = video_dot.T  # (B, Q)
+    video_to_text = scores_t.logsumexp(1) - (log_weights + scores_t).logsumexp(1)  # (B,)
+
+    loss = video_dot.sum() * 0.0
+    if hard_q and hard_v:
+        loss = loss + alpha * (text_to_video[:hard_q].mean() + video_to_text[:hard_v].mean())
+    if hard_q < num_queries and hard_v < num_videos:
+        loss = loss + (1.0 - alpha) * (text_to_video[hard_q:].mean() + video_to_text[hard_v:].mean())
+    return loss
 
 
 def gather_positive(frame_cos: Tensor, query_video: Tensor) -> Tensor:

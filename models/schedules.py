@@ -80,3 +80,11 @@ def distillation_weight(
         raise ValueError("the 'constant' schedule has no increasing counterpart")
     shape = _SHAPES[kind](epoch, total_epochs)
     return base * (1.0 - shape if increasing else shape)
+
+
+def soft_label_weights(kind: str, epoch: int, total_epochs: int, alpha: float, beta: float) -> tuple[float, float]:
+    """DL-DKD++'s (alpha, beta) at `epoch`: both decay on `kind` from their start values; beta stays
+    at 0.5 or above when it starts there (the reference code's floor), alpha may reach 0."""
+    shape = distillation_weight(kind, epoch, total_epochs=total_epochs, base=1.0)
+    beta_floor = 0.5 if beta >= 0.5 else 0.0
+    return max(alpha * shape, 0.0), max(beta * shape, beta_floor)

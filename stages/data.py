@@ -28,6 +28,8 @@ class SplitData:
     moments: np.ndarray  # (Q, 2) seconds, NaN when unknown
     durations: np.ndarray  # (N,)
     teacher_positive: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (Q, T) scores on own video
+    # key -> (frames (N, T, Dt), sentences (Q, Dt)) float16, normalised: in-batch teacher scores (DL-DKD++)
+    teacher_views: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     queries_by_video: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -55,6 +57,9 @@ class SplitData:
         }
         for key, scores in self.teacher_positive.items():
             out[f"teacher:{key}"] = scores[qrows]
+        for key, (frames, sentences) in self.teacher_views.items():
+            out[f"teacher_frames:{key}"] = frames[rows].float()
+            out[f"teacher_sentences:{key}"] = sentences[qrows].float()
         return {k: v.to(device) for k, v in out.items()}
 
 
@@ -98,7 +103,8 @@ def load_videos(cfg: RunConfig, splits: list[str], store: FeatureStore | None = 
     )
 
 
-def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: FeatureStore | None = None) -> SplitData:
+def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: FeatureStore | None = None,
+               teacher_views: list[str] = ()) -> SplitData:
     store = store or FeatureStore(cfg.store)
     videos = load_videos(cfg, [split], store)
     index = {vid: i for i, vid in enumerate(videos.video_ids)}
@@ -117,6 +123,17 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
         query_video=torch.from_numpy(query_video), moments=text.moments[keep],
         durations=videos.durations,
     )
+    if teacher_views:
+        max_frames = cfg.train.max_frames or cfg.extract.max_frames
+        t_len = data.video_mask.shape[1]
+        for key in teacher_views:
+            view = store.padded(split, f"teacher.{key}", max_frames=max_frames, dtype=np.float16)
+            if view.video_ids != videos.video_ids:
+                raise StoreError(f"teacher {key} frames and the student's videos disagree in split {split!r}")
+            frames = np.zeros((len(view.video_ids), t_len, view.features.shape[-1]), dtype=np.float16)
+            frames[:, : min(t_len, view.features.shape[1])] = view.features[:, :t_len]
+            sentences = text.sentences(key)[keep]
+            data.teacher_views[key] = (torch.from_numpy(frames), torch.from_numpy(sentences.astype(np.float16)))
     if teachers:
         from storage.teacher_cache import TeacherCache
 

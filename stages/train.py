@@ -60,6 +60,17 @@ def require_teachers(cfg: RunConfig, store: FeatureStore, teachers: list[str]) -
             f"(prvr import tvr|activitynet|charades ... then prvr run on the raw-video config).")
 
 
+def teacher_batch_scores(batch: dict[str, torch.Tensor], teachers: list[str], scale: float) -> torch.Tensor:
+    """(Q, B) teachers' query-video scores in the batch: max over valid frames of the cosine, times
+    `scale`, averaged over teachers."""
+    mask = batch["video_mask"]  # (B, T)
+    scores = []
+    for key in teachers:
+        cos = torch.einsum("qd,btd->qbt", batch[f"teacher_sentences:{key}"], batch[f"teacher_frames:{key}"])
+        scores.append(cos.masked_fill(~mask.unsqueeze(0), float("-inf")).amax(-1) * scale)
+    return torch.stack(scores).mean(0)
+
+
 def student_config(cfg: RunConfig, data: SplitData):
     from models.student import StudentConfig
 
@@ -117,8 +128,8 @@ def _diff(old: dict, new: dict) -> list[str]:
 def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train (or resume) the student of run `cfg.name`; returns the summary of the best epoch."""
     from models.clip import resolve_device
-    from models.losses import LossWeights, branch_loss, gather_positive, multi_teacher_kl
-    from models.schedules import distillation_weight
+    from models.losses import LossWeights, branch_loss, gather_positive, multi_teacher_kl, partitioned_soft_infonce
+    from models.schedules import distillation_weight, soft_label_weights
     from models.student import DLDKDStudent
     from stages.evaluate import evaluate_student
 
@@ -128,7 +139,9 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     store = FeatureStore(cfg.store)
     teachers = distilled_teachers(cfg)
     require_teachers(cfg, store, teachers)
-    train_data = load_split(cfg, "train", teachers, store)
+    # DL-DKD++: the inheritance branch's soft InfoNCE targets come from the teachers' in-batch scores.
+    soft_teachers = teachers if t.soft_infonce else []
+    train_data = load_split(cfg, "train", teachers, store, teacher_views=soft_teachers)
     val_data = load_split(cfg, "val", (), store) if store.has_text_split("val") else None
     data_fp = data_fingerprint(store, teachers)
     config_fp = config_fingerprint(t, data_fp)
@@ -175,6 +188,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
         started = time.perf_counter()
         model.train()
         w = distillation_weight(t.schedule, epoch, total_epochs=t.epochs, base=t.schedule_base, increasing=t.increasing)
+        alpha, beta = soft_label_weights(t.soft_schedule, epoch, t.epochs, t.soft_alpha, t.soft_beta)
         order = torch.randperm(n_videos, generator=gens["shuffle"]).numpy()
         sums = {"loss": 0.0, "triplet": 0.0, "infonce": 0.0, "distill": 0.0}
         for start in range(0, n_videos, t.batch_videos):
@@ -189,6 +203,12 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
                 loss = torch.zeros((), device=device)
                 for name in active_branches(t):
                     parts = branch_loss(outputs[name], batch["query_video"], weights, gens["negatives"])
+                    if t.soft_infonce:
+                        soft = (teacher_batch_scores(batch, soft_teachers, t.soft_teacher_scale)
+                                if name == "inheritance" else outputs[name].video_dot)
+                        parts["infonce"] = partitioned_soft_infonce(outputs[name].video_dot, batch["query_video"],
+                                                                    soft, alpha, beta)
+                        parts["total"] = parts["triplet"] + weights.infonce * parts["infonce"]
                     loss = loss + parts["total"]
                     sums["triplet"] += float(parts["triplet"].detach())
                     sums["infonce"] += float(parts["infonce"].detach())
@@ -207,6 +227,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             step += 1
             sums["loss"] += float(loss.detach())
         record: dict[str, Any] = {"epoch": epoch, "step": step, "distill_weight": w if teachers else 0.0,
+                                  **({"soft_alpha": alpha, "soft_beta": beta} if t.soft_infonce else {}),
                                   "lr": optimizer.param_groups[0]["lr"],
                                   **{("loss" if k == "loss" else f"loss_{k}"): v / steps_per_epoch for k, v in sums.items()}}
         if val_data is not None:

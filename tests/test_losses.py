@@ -367,3 +367,57 @@ def test_soft_infonce_gradients_are_finite_with_zero_weights() -> None:
     loss = soft_infonce_loss(scores, QUERY_VIDEO, soft_text, 0.5, soft_video_targets=soft_video)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(scores.grad).all()
+
+
+# ---- DL-DKD++ partitioned soft InfoNCE -------------------------------------------------------
+def _per_row_plain(scores: torch.Tensor, query_video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    t2v = torch.nn.functional.cross_entropy(scores, query_video, reduction="none")
+    pos = torch.nn.functional.one_hot(query_video, scores.shape[1]).bool()
+    v2t = scores.logsumexp(0) - scores.masked_fill(~pos, float("-inf")).logsumexp(0)
+    return t2v, v2t
+
+
+def test_partitioned_soft_infonce_reduces_to_infonce() -> None:
+    from models.losses import infonce_loss, partitioned_soft_infonce
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 3, generator=g) * 3
+    query_video = torch.tensor([0, 0, 1, 1, 2, 2])
+    soft = torch.randn(6, 3, generator=g) * 5
+    plain = infonce_loss(scores, query_video)
+    assert partitioned_soft_infonce(scores, query_video, soft, 1.0, 0.3).item() == pytest.approx(plain.item())
+    assert partitioned_soft_infonce(scores, query_video, soft, 0.0, 1.0).item() == pytest.approx(plain.item(), rel=1e-5)
+    # beta = 1 with a split: alpha-weighted means of the plain per-row terms (rows 0-2 / videos 0 hard)
+    t2v, v2t = _per_row_plain(scores, query_video)
+    want = 0.5 * (t2v[:3].mean() + v2t[:1].mean()) + 0.5 * (t2v[3:].mean() + v2t[1:].mean())
+    assert partitioned_soft_infonce(scores, query_video, soft, 0.5, 1.0).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_partitioned_soft_infonce_hand_case() -> None:
+    from models.losses import partitioned_soft_infonce
+
+    scores = torch.tensor([[2.0, 0.0], [0.5, 1.0]])
+    query_video = torch.tensor([0, 1])
+    soft = torch.tensor([[0.0, 0.0], [3.0, 1.0]])
+    alpha, beta = 0.5, 0.6  # query 0 and video 0 hard; query 1 and video 1 soft
+    t2v_hard = -torch.log_softmax(scores[0], 0)[0]
+    target = 0.4 * torch.softmax(soft[1], 0) + 0.6 * torch.tensor([0.0, 1.0])
+    t2v_soft = -(target * torch.log_softmax(scores[1], 0)).sum()
+    v2t_hard = scores[:, 0].logsumexp(0) - scores[0, 0]
+    w = 0.4 * torch.softmax(soft[:, 1], 0) + 0.6 * torch.tensor([0.0, 1.0])
+    v2t_soft = scores[:, 1].logsumexp(0) - (w.log() + scores[:, 1]).logsumexp(0)
+    want = alpha * (t2v_hard + v2t_hard) + (1 - alpha) * (t2v_soft + v2t_soft)
+    got = partitioned_soft_infonce(scores, query_video, soft, alpha, beta)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_partitioned_soft_infonce_gradients_are_finite_and_skip_the_targets() -> None:
+    from models.losses import partitioned_soft_infonce
+
+    scores = torch.randn(5, 3, requires_grad=True)
+    soft = torch.randn(5, 3, requires_grad=True)
+    loss = partitioned_soft_infonce(scores, torch.tensor([0, 1, 1, 2, 2]), soft, 0.4, 0.8)
+    loss.backward()
+    assert torch.isfinite(scores.grad).all() and soft.grad is None
+    with pytest.raises(ValueError, match="alpha and beta"):
+        partitioned_soft_infonce(scores, torch.tensor([0, 1, 1, 2, 2]), soft, 1.2, 0.5)

@@ -86,3 +86,14 @@ def test_errors() -> None:
         distillation_weight("linear", -1)
     with pytest.raises(ValueError, match="total_epochs"):
         distillation_weight("cosine", 0, total_epochs=0)
+
+
+def test_soft_label_weights_decay_on_the_sigmoid_with_beta_floored() -> None:
+    from models.schedules import soft_label_weights
+
+    a0, b0 = soft_label_weights("sigmoid", 0, 100, 0.8, 0.8)
+    assert a0 == pytest.approx(0.8 * 800 / 801) and b0 == pytest.approx(0.8 * 800 / 801)
+    a, b = soft_label_weights("sigmoid", 100, 100, 0.8, 0.8)
+    assert a == pytest.approx(0.8 * 0.00297, rel=0.01) and b == 0.5
+    assert soft_label_weights("constant", 7, 100, 0.3, 0.4) == (0.3, 0.4)
+    assert soft_label_weights("sigmoid", 100, 100, 0.8, 0.4)[1] < 0.01  # no floor below 0.5

@@ -174,3 +174,25 @@ def test_early_stopping(store_root):
     best = max(r["val_SumR"] for r in history)
     assert history[result["best_epoch"]]["val_SumR"] == best
     assert len(history) - 1 - result["best_epoch"] == 2
+
+
+def test_dl_dkd_plus_plus_soft_infonce_trains_reproducibly(store_root):
+    """train.soft_infonce: the teacher's in-batch scores shape the inheritance branch's InfoNCE."""
+    cfg = config(store_root, "soft-a", soft_infonce=True, epochs=3)
+    a = tr.train(cfg)
+    b = tr.train(config(store_root, "soft-b", soft_infonce=True, epochs=3))
+    assert comparable(a["history"]) == comparable(b["history"])
+    assert [r["soft_beta"] for r in a["history"]] == pytest.approx([0.8 * 800 / (800 + np.exp(e / 8)) for e in range(3)])
+    plain = tr.train(config(store_root, "soft-off", epochs=3))
+    assert [r["loss_infonce"] for r in a["history"]] != [r["loss_infonce"] for r in plain["history"]]
+    assert all(np.isfinite(r["loss"]) for r in a["history"])
+    # the teacher view the soft targets come from is the store's teacher, aligned with the student's frames
+    from stages.data import load_split
+
+    data = load_split(cfg, "train", store=None, teacher_views=[TEACHER_KEY])
+    frames, sentences = data.teacher_views[TEACHER_KEY]
+    assert frames.shape[:2] == data.video.shape[:2] and sentences.shape[0] == len(data.query_ids)
+    batch = data.batch(np.arange(4))
+    scores = tr.teacher_batch_scores(batch, [TEACHER_KEY], 100.0)
+    assert scores.shape == (len(batch["query_video"]), 4) and torch.isfinite(scores).all()
+    assert scores.abs().max() <= 100.5  # scaled cosines
