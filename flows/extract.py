@@ -78,8 +78,14 @@ def extract_flow(config: RunConfig) -> dict:
         logger.info("each extraction task holds Dask resources %s", gpu)
     with runners.holding(gpu):  # one task per GPU on Dask workers that declare one
         futures = [runner.submit(config, p, fps[p.index]) for p in todo]
+        shard_of = {id(f): p.index for f, p in zip(futures, todo)}
         futures += [extract_text_task.submit(config, s, text_fps[s]) for s in text_todo]
-    for finished, _ in enumerate(as_completed(futures), 1):
+    for finished, future in enumerate(as_completed(futures), 1):
+        lost = runners.settle_lost(future)
+        if lost:  # its workers died: the task could not say so itself
+            logger.error("%s: %s", f"shard {shard_of[id(future)]}" if id(future) in shard_of else "text", lost)
+            if id(future) in shard_of:
+                store.record_shard_failure(shard_of[id(future)], lost)
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
     status = ex.extraction_status(config, manifest, store)
     rows = _table_rows(status, {p.index for p in todo})

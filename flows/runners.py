@@ -165,3 +165,26 @@ def dask_client(config: RunConfig) -> Iterator[Client | None]:
         client = stack.enter_context(Client(target, set_as_default=False))
         stack.enter_context(client.as_current())
         yield client
+
+
+def settle_lost(future: Any) -> str | None:
+    """Why a submitted task never reported back, or None when it did.
+
+    Prefect records a task's own failures; a Dask task fails outside Prefect only when every worker
+    that ran it died (KilledWorker, after `distributed.scheduler.allowed-failures` re-runs). Its task
+    run would then stay Running in the UI: mark it Crashed (best effort) and return the reason.
+    """
+    wrapped = getattr(future, "wrapped_future", None)  # PrefectDaskFuture's distributed.Future
+    if wrapped is None or getattr(wrapped, "status", None) != "error":
+        return None
+    error = wrapped.exception()
+    reason = f"lost on the Dask cluster: {type(error).__name__}: {error}"
+    try:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        with get_client(sync_client=True) as client:
+            client.set_task_run_state(future.task_run_id, Crashed(message=reason[:2000]), force=True)
+    except Exception as e:  # noqa: BLE001 - the run may never have reached the API; the store has the truth
+        log.warning("could not mark task run %s crashed: %s", future.task_run_id, e)
+    return reason

@@ -280,6 +280,47 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_commits_once(dataset, threa
 
 
 @pytest.mark.slow
+def test_a_shard_whose_workers_all_die_fails_the_flow_and_is_redone_on_rerun(dataset, threads_store, cluster,
+                                                                              tmp_path):
+    from flows.extract import extract_flow_for
+    from stages.extract import KILL_DRILL_ENV
+
+    dask_cluster, client = cluster
+
+    def allowed_failures(n: int) -> int:
+        def swap(dask_scheduler) -> int:
+            before, dask_scheduler.allowed_failures = dask_scheduler.allowed_failures, n
+            return before
+        return client.run_on_scheduler(swap)
+
+    cfg = make_config(tmp_path, dataset, str(tmp_path / "s.zarr"), kind="dask", address=dask_cluster.scheduler_address)
+    before = allowed_failures(0)  # Dask gives up after the first death (default: 3 re-runs)
+    client.run(lambda: os.environ.update({KILL_DRILL_ENV: str(KILLED)}))  # every attempt dies
+    try:
+        state = extract_flow_for(cfg)(cfg, return_state=True)
+    finally:
+        allowed_failures(before)
+        client.run(lambda: os.environ.pop(KILL_DRILL_ENV, None))
+    assert state.is_failed()
+    assert f"shard {KILLED} (failed: lost on the Dask cluster: KilledWorker" in state.message, state.message
+    status = FeatureStore(cfg.store).shard_status(KILLED, None)
+    assert status.state == "failed" and "KilledWorker" in status.error
+    final, _ = task_runs(state.state_details.flow_run_id).get(f"extract-shard-{KILLED:05d}", ("CRASHED", []))
+    assert final == "CRASHED"  # not left Running forever (absent: the run never reached the API)
+
+    # Tasks queued on the same worker die with it and, at allowed-failures 0, are lost too.
+    store = FeatureStore(cfg.store)
+    undone = {f"extract-shard-{i:05d}" for i in range(SHARDS) if store.shard_status(i, None).state != "committed"}
+    undone |= {f"extract-text-{s}" for s in ("train", "test") if store.text_status(s, None) != "committed"}
+    state = extract_flow_for(cfg)(cfg, return_state=True)
+    assert state.is_completed(), state.message
+    assert set(task_runs(state.state_details.flow_run_id)) == undone  # exactly what was missing
+    events = [e["event"] for e in FeatureStore(cfg.store).shard_history(KILLED)]
+    assert events == ["started", "failed", "started", "committed"]
+    assert_same_store(threads_store.store, cfg.store)
+
+
+@pytest.mark.slow
 def test_teacher_cache_on_the_cluster_equals_the_local_one(dataset, threads_store, cluster, tmp_path):
     from flows.extract import extract_flow_for
     from flows.model import teacher_flow
