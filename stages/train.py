@@ -76,7 +76,9 @@ def student_config(cfg: RunConfig, data: SplitData):
 
     t = cfg.train
     return StudentConfig(video_dim=data.video_dim, text_dim=data.text_dim, hidden=t.hidden, heads=t.heads,
-                         dropout=t.dropout, max_frames=data.video.shape[1], max_tokens=data.tokens.shape[1],
+                         # Positions for every frame any split may hold, not just the longest training video.
+                         dropout=t.dropout, max_frames=max(data.video.shape[1], t.max_frames or cfg.extract.max_frames),
+                         max_tokens=data.tokens.shape[1],
                          fusion=t.fusion)
 
 
@@ -84,9 +86,9 @@ def data_fingerprint(store: FeatureStore, teachers: list[str]) -> str:
     return fingerprint({"store": store.commit_fingerprints(), "teachers": teachers})
 
 
-def config_fingerprint(train: TrainConfig, data_fp: str) -> str:
+def config_fingerprint(train: TrainConfig, data_fp: str, student: dict | None = None) -> str:
     settings = {k: v for k, v in train.model_dump().items() if k not in _RESUMABLE_KEYS}
-    return fingerprint({"train": settings, "data": data_fp})
+    return fingerprint({"train": settings, "data": data_fp, "student": student})
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -144,11 +146,12 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     train_data = load_split(cfg, "train", teachers, store, teacher_views=soft_teachers)
     val_data = load_split(cfg, "val", (), store) if store.has_text_split("val") else None
     data_fp = data_fingerprint(store, teachers)
-    config_fp = config_fingerprint(t, data_fp)
+    model_cfg = student_config(cfg, train_data)
+    # The student's shapes too: a checkpoint of other shapes is refused with a reason, not a load error.
+    config_fp = config_fingerprint(t, data_fp, asdict(model_cfg))
 
     torch.manual_seed(t.seed)
     gens = {"shuffle": torch.Generator().manual_seed(t.seed + 1), "negatives": torch.Generator().manual_seed(t.seed + 2)}
-    model_cfg = student_config(cfg, train_data)
     model = DLDKDStudent(model_cfg).to(device)
     optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr)
     steps_per_epoch = math.ceil(len(train_data.video_ids) / t.batch_videos)

@@ -19,7 +19,7 @@ from tests.store_fixtures import TEACHER_KEY, build_store, config, teacher_featu
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = build_store(tmp_path_factory.mktemp("eval"))
-    cfg = config(root, "ev", epochs=3)
+    cfg = config(root, "ev", epochs=8)
     for split in ("train", "val", "test"):
         build_teacher_cache(cfg, TEACHER_KEY, split)
     tr.train(cfg)
@@ -81,16 +81,18 @@ def test_chunked_scores_equal_one_chunk(trained):
 
 
 def test_search_finds_a_queried_video(trained):
-    """Search with tokens straight from the store: the query's own video ranks in the top 3."""
+    """Scoring with tokens straight from the store: after training, the queries the student learned
+    find their own video in the top 3 (this fixture is too small to test generalisation; the demo
+    and the ablation measure that)."""
     import torch
 
     _, cfg = trained
-    model, branch, _ = tr.load_trained_student(cfg)
-    data = load_split(cfg, "test")
+    model, branch, _ = tr.load_trained_student(cfg, "last")
+    data = load_split(cfg, "train")
     enc_q = model.encode_queries(data.tokens.float(), data.token_mask, branch)
     enc_v = model.encode_gallery(data.video.float(), data.video_mask, branch)
     with torch.inference_mode():
         scores = model.score_encoded(enc_q, enc_v, data.video_mask, branch)
     top3 = scores.topk(3, dim=1).indices
     hits = (top3 == data.query_video[:, None]).any(1).float().mean()
-    assert hits > 3 / len(data.video_ids)  # better than chance after training
+    assert hits > 0.75 > 3 / len(data.video_ids)  # chance is 3 in 12

@@ -196,3 +196,15 @@ def test_dl_dkd_plus_plus_soft_infonce_trains_reproducibly(store_root):
     scores = tr.teacher_batch_scores(batch, [TEACHER_KEY], 100.0)
     assert scores.shape == (len(batch["query_video"]), 4) and torch.isfinite(scores).all()
     assert scores.abs().max() <= 100.5  # scaled cosines
+
+
+def test_student_positions_cover_every_split_not_just_the_longest_training_video(store_root):
+    """A test video longer than every training video must still fit the positional table."""
+    from stages.data import load_split
+
+    cfg = config(store_root, "positions")
+    data = load_split(cfg, "train")
+    assert data.video.shape[1] < cfg.extract.max_frames
+    assert tr.student_config(cfg, data).max_frames == cfg.extract.max_frames
+    capped = config(store_root, "positions", max_frames=9)
+    assert tr.student_config(capped, load_split(capped, "train")).max_frames == 9
