@@ -34,8 +34,9 @@ def prvr_flow(
     if "extract" in wanted:
         if is_release(cfg):
             from flows.release import import_flow
+            from flows.runners import task_runner_for
 
-            results["extract"] = import_flow(cfg)
+            results["extract"] = import_flow.with_options(task_runner=task_runner_for(cfg))(cfg)
         else:
             results["extract"] = extract_flow_for(cfg)(cfg)
     if "teacher" in wanted:

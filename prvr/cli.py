@@ -202,6 +202,33 @@ def stack_status(port: Optional[int] = typer.Option(None)) -> None:
         raise typer.Exit(1)
 
 
+@stack_app.command("snapshot")
+def stack_snapshot(
+    config: Path = typer.Argument(..., help="YAML run config: screenshots go to its run folder"),
+    run_id: Optional[str] = typer.Option(None, "--run", help="flow run id (default: the newest `prvr` run)"),
+    port: Optional[int] = typer.Option(None),
+) -> None:
+    """Screenshots of a finished run in the Prefect UI (headless Chromium), into <run folder>/screenshots."""
+    from prvr import stack, ui_snapshots
+    from storage.runs import RunPaths
+
+    cfg = _load(config, [])
+    where = stack.Stack.from_env(port=port)
+    if not stack.status(where)["healthy"]:
+        _fail(f"no Prefect server at {where.api_url}; `prvr stack up` first", code=1)
+    try:
+        run_id = run_id or ui_snapshots.newest_flow_run(where.api_url, "prvr")
+        if run_id is None:
+            _fail(f"no `prvr` flow run on {where.api_url}", code=1)
+        out = RunPaths.of(cfg.runs_dir, cfg.name).root / "screenshots"
+        shots = ui_snapshots.snapshot_flow_run(where.api_url, where.ui_url, run_id, out)
+    except ui_snapshots.BrowserMissing as e:
+        _fail(str(e), code=1)
+    typer.echo(f"{len(shots)} screenshots of flow run {run_id} in {out}")
+    for line in ui_snapshots.iter_missing(shots):
+        typer.secho(f"not shown: {line}", fg=typer.colors.YELLOW)
+
+
 from prvr import cli_annotations, cli_release  # noqa: E402  (they register commands on import_app)
 
 cli_release.register(import_app, _fail)

@@ -76,6 +76,11 @@ def main() -> None:
     print(f"\ntest split of the demo world ({metrics['queries']} queries, {metrics['videos']} videos):\n")
     print(markdown_table(metrics_table_rows(metrics)))
     print(f"report: {paths.report}")
+    t = _step("screenshots of the run in the Prefect UI (prvr stack snapshot)")
+    shot = subprocess.run([str(BIN / "prvr"), "stack", "snapshot", str(DEMO_CONFIG)], env=env, cwd=PROJECT_ROOT)
+    if shot.returncode != 0:  # a missing browser must not fail the demo; the run itself is done
+        print("no screenshots (see above); the run is complete and the UI shows it")
+    timings["screenshots"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
     print("\ntimings (s): " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
     print(f"Prefect UI: {where.ui_url}  (the stack stays up; `make down` stops it)")

@@ -247,6 +247,22 @@ def snapshot_flow_run(api_url: str, ui_url: str, flow_run_id: UUID | str, out_di
     return take_snapshots(ui_url, plan_pages(api_url, flow_run_id), out_dir, timeout_s)
 
 
+def newest_flow_run(api_url: str, flow_name: str) -> str | None:
+    """Id of the newest top-level run of `flow_name` (subflow runs of it are left out)."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import (
+        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterParentTaskRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with SyncPrefectClient(api_url) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+            flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True)),
+            sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return str(runs[0].id) if runs else None
+
+
 def is_png(path: Path, min_bytes: int = 10_000) -> bool:
     """A PNG file (by its signature) of at least min_bytes."""
     with open(path, "rb") as f:

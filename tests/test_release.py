@@ -306,3 +306,4 @@ def test_video2frames_fast_reader_agrees_with_the_python_literal(tmp_path, text)
     f = tmp_path / "video2frames.txt"
     f.write_text(text)
     assert read_video2frames(f) == {k: list(v) for k, v in ast.literal_eval(text).items()}
+

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from prvr.ui_snapshots import (
-    BrowserMissing, Snapshot, chromium_path, is_png, iter_missing, plan_pages, take_snapshots, wait_for_final_logs,
+    BrowserMissing, Snapshot, chromium_path, is_png, iter_missing, newest_flow_run, plan_pages, take_snapshots,
+    wait_for_final_logs,
 )
 from storage.runs import RunPaths
 from tests.test_e2e import base_env, free_port, prvr
@@ -111,6 +112,8 @@ def test_prefect_ui_shows_the_pipeline_run(tmp_path):
     try:
         prvr(["stack", "up"], env, timeout=300)
         flow_run_id = run_full_deployment(api_url, cfg, timeout_s=600)
+        # `prvr stack snapshot` picks the newest top-level pipeline run by default: this one.
+        assert newest_flow_run(api_url, "prvr") == str(flow_run_id)
         started = time.perf_counter()
         assert wait_for_final_logs(api_url, flow_run_id), "the run's closing log line never reached the API"
         pages = [replace(p, expect=p.expect + PROGRESS_LOGS.get(p.name, ())) for p in plan_pages(api_url, flow_run_id)]
