@@ -5,6 +5,7 @@ Variants (all on the same store and teacher cache, same settings otherwise):
   exploration-only  one branch, no teacher at all
   inheritance-only  one branch, distilled
   constant-weight   both branches, static distillation weight (no decay)
+  dl-dkd-pp         dl-dkd plus the soft-target InfoNCE of the journal version (DL-DKD++)
 and the teacher alone, zero-shot. Prints test SumR per seed and mean +- std.
 
 Usage: python bench/ablation.py configs/demo.yaml [--seeds 0 1 2] [--set train.epochs=40 ...]
@@ -33,6 +34,7 @@ VARIANTS = {
     "exploration-only": {"train.branches": "exploration"},
     "inheritance-only": {"train.branches": "inheritance"},
     "constant-weight": {"train.schedule": "constant"},
+    "dl-dkd-pp": {"train.soft_infonce": True},
 }
 
 
@@ -61,8 +63,8 @@ def main() -> None:
             summary = train(cfg)
             metrics = evaluate_run(cfg)
             methods = metrics["methods"]
-            main_method = "DL-DKD student (fused)" if variant in ("dl-dkd", "constant-weight") else \
-                f"{variant.split('-')[0]} branch"
+            main_method = ("DL-DKD student (fused)" if cfg.train.branches == "both"
+                           else f"{cfg.train.branches} branch")
             sumr = methods[main_method]["SumR"]
             results[variant].append(sumr)
             teacher_sumr.update({k: m["SumR"] for k, m in methods.items() if k.startswith("teacher")})
