@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
@@ -17,6 +19,7 @@ from stages import teacher as tc
 from stages import train as tr
 from stages.sources import source_splits, source_status, stored_teachers
 from storage.features import FeatureStore, StoreError
+from storage.teacher_cache import TeacherCache
 
 
 class StoreIncomplete(RuntimeError):
@@ -37,7 +40,11 @@ def require_complete_store(config: RunConfig) -> None:
 
 @task(name="teacher-cache", task_run_name="teacher-cache-{teacher}-{split}", retries=1)
 def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
-    with dask_client(config):  # runner dask / local-dask: the blocks run on that cluster's workers
+    store = FeatureStore(config.store)
+    current = TeacherCache(store).status(
+        teacher, split, tc.teacher_cache_fingerprint(config, store, teacher, split)) == "committed"
+    # runner dask / local-dask: the blocks run on that cluster's workers; an unchanged cache starts no cluster
+    with contextlib.nullcontext() if current else dask_client(config):
         progress = ProgressArtifact("teacher-progress", f"teacher {teacher} / {split}")
         result = tc.build_teacher_cache(config, teacher, split, progress=progress)
     get_run_logger().info("teacher %s / %s: %s", teacher, split, "unchanged, skipped" if result["skipped"] else
