@@ -94,14 +94,16 @@ def train_flow(config: RunConfig) -> dict:
 
 @task(name="evaluate-student")
 def evaluate_task(config: RunConfig) -> dict:
-    from stages.report import metrics_table_rows
+    from pathlib import Path
+
+    from stages.report import metrics_table_rows, report_without_images
 
     summary = ev.evaluate_run(config, progress=ProgressArtifact("evaluate-progress", f"evaluate {config.name}"))
     create_table_artifact(metrics_table_rows(summary), key="metrics", description=f"{config.name}: {summary['split']}")
     report = summary["files"].get("report")
     if report:
-        with open(report, encoding="utf-8") as f:
-            create_markdown_artifact(f.read(), key="report", description=f"report of {config.name}")
+        text = report_without_images(Path(report).read_text(encoding="utf-8"), Path(report).parent)
+        create_markdown_artifact(text, key="report", description=f"report of {config.name}")
     return summary
 
 

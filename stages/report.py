@@ -287,6 +287,17 @@ def _report_markdown(title: str, metrics: Mapping[str, Any], history: Sequence[M
     return "".join(parts)
 
 
+def report_without_images(markdown: str, run_dir: Path) -> str:
+    """The report for places that cannot load the run folder's files (the Prefect UI): each plot
+    image becomes a line naming the file, instead of a broken image."""
+    import re
+
+    def line(match: re.Match) -> str:
+        return f"plot *{match.group(1)}*: `{(Path(run_dir) / match.group(2)).resolve()}`"
+
+    return re.sub(r"!\[([^\]]*)\]\(([^)\s]+)\)", line, markdown)
+
+
 def write_run_report(
     run_dir: Path, metrics: Mapping[str, Any], history: Sequence[Mapping[str, Any]], title: str
 ) -> dict[str, Path]:

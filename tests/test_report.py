@@ -175,3 +175,13 @@ def test_markdown_table() -> None:
 def test_json_rejects_unknown_objects(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         write_run_report(tmp_path, {"methods": {}, "bad": object()}, [], "t")
+
+
+def test_report_without_images_names_the_plot_files(tmp_path):
+    from stages.report import report_without_images
+
+    text = "## Plots\n\n![losses](plots/losses.png)\n\n![recall](plots/recall.png)\nno image ![x] here\n"
+    out = report_without_images(text, tmp_path)
+    assert "![" not in out.replace("![x] here", "")
+    assert f"plot *losses*: `{tmp_path.resolve() / 'plots' / 'losses.png'}`" in out
+    assert "no image ![x] here" in out
