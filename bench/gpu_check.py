@@ -121,9 +121,11 @@ def measure_end_to_end(cfg: RunConfig) -> tuple[float, int]:
 
 
 def measure_train_step(device: str, batch_videos: int, frames: int, dim: int, steps: int) -> float:
-    """Milliseconds per student step, the same step as stages.train.train (median over `steps`)."""
-    from models.losses import LossWeights, branch_loss, gather_positive, multi_teacher_kl
+    """Milliseconds per student step: stages.train's own batch loss and optimizer step (median over `steps`)."""
+    from configs.schema import TrainConfig
+    from models.losses import LossWeights
     from models.student import DLDKDStudent, StudentConfig
+    from stages.train import batch_loss, optimizer_step
 
     gen = torch.Generator().manual_seed(0)
     queries_per_video, tokens = 2, 32
@@ -136,33 +138,25 @@ def measure_train_step(device: str, batch_videos: int, frames: int, dim: int, st
         "video": torch.randn(batch_videos, frames, dim, generator=gen), "video_mask": video_mask,
         "tokens": torch.randn(n_queries, tokens, dim, generator=gen),
         "token_mask": torch.arange(tokens)[None, :] < token_lengths[:, None],
-        "query_video": query_video, "teacher": torch.randn(n_queries, frames, generator=gen),
+        "query_video": query_video, "teacher:t": torch.randn(n_queries, frames, generator=gen),
     }
     batch = {k: v.to(device) for k, v in batch.items()}
-    model = DLDKDStudent(StudentConfig(video_dim=dim, text_dim=dim, max_frames=frames, max_tokens=tokens)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2.5e-4)
+    t = TrainConfig()  # the paper's settings: both branches, hidden 384, 4 heads
+    model = DLDKDStudent(StudentConfig(video_dim=dim, text_dim=dim, hidden=t.hidden, heads=t.heads,
+                                       max_frames=frames, max_tokens=tokens)).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
     use_amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    weights = LossWeights(infonce=0.04, triplet_margin=0.2, hard_pool=20, distill_temperature=0.2)
+    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
+                          distill_temperature=t.distill_temperature)
     negatives = torch.Generator().manual_seed(1)
     model.train()
 
     def step() -> None:
         autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else torch.autocast("cpu", enabled=False)
         with autocast:
-            loss = torch.zeros((), device=device)
-            outputs = {}
-            for name in ("inheritance", "exploration"):
-                outputs[name] = model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"],
-                                                   batch["token_mask"])
-                loss = loss + branch_loss(outputs[name], batch["query_video"], weights, negatives)["total"]
-            student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
-            mask = batch["video_mask"][batch["query_video"]]
-            loss = loss + 0.1 * multi_teacher_kl(student_pos.float(), [batch["teacher"]], mask, 0.2)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+            loss, _ = batch_loss(model, batch, t, ["t"], [], weights, 0.1, (t.soft_alpha, t.soft_beta), negatives)
+        optimizer_step(loss, optimizer, scaler)
 
     for _ in range(3):  # warm-up: allocator, cuDNN/cuBLAS choices
         step()

@@ -71,6 +71,47 @@ def teacher_batch_scores(batch: dict[str, torch.Tensor], teachers: list[str], sc
     return torch.stack(scores).mean(0)
 
 
+def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: list[str], soft_teachers: list[str],
+               weights, distill_weight: float, soft_shares: tuple[float, float],
+               negatives: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's DL-DKD loss (call inside autocast): each active branch's triplet + InfoNCE (soft
+    targets with train.soft_infonce), plus the weighted distillation KL of the inheritance branch.
+    Returns (loss, {"triplet", "infonce", "distill": summed floats for the epoch record})."""
+    from models.losses import branch_loss, gather_positive, multi_teacher_kl, partitioned_soft_infonce
+
+    branches = active_branches(t)
+    outputs = {name: model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"], batch["token_mask"])
+               for name in branches}
+    loss = torch.zeros((), device=batch["video"].device)
+    sums = {"triplet": 0.0, "infonce": 0.0, "distill": 0.0}
+    for name in branches:
+        parts = branch_loss(outputs[name], batch["query_video"], weights, negatives)
+        if t.soft_infonce:
+            soft = (teacher_batch_scores(batch, soft_teachers, t.soft_teacher_scale)
+                    if name == "inheritance" else outputs[name].video_dot)
+            parts["infonce"] = partitioned_soft_infonce(outputs[name].video_dot, batch["query_video"], soft,
+                                                        *soft_shares)
+            parts["total"] = parts["triplet"] + weights.infonce * parts["infonce"]
+        loss = loss + parts["total"]
+        sums["triplet"] += float(parts["triplet"].detach())
+        sums["infonce"] += float(parts["infonce"].detach())
+    if teachers:
+        student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
+        mask = batch["video_mask"][batch["query_video"]]
+        kl = multi_teacher_kl(student_pos.float(), [batch[f"teacher:{k}"] for k in teachers], mask,
+                              t.distill_temperature)
+        loss = loss + distill_weight * kl
+        sums["distill"] += float(kl.detach())
+    return loss, sums
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def student_config(cfg: RunConfig, data: SplitData):
     from models.student import StudentConfig
 
@@ -130,7 +171,7 @@ def _diff(old: dict, new: dict) -> list[str]:
 def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train (or resume) the student of run `cfg.name`; returns the summary of the best epoch."""
     from models.clip import resolve_device
-    from models.losses import LossWeights, branch_loss, gather_positive, multi_teacher_kl, partitioned_soft_infonce
+    from models.losses import LossWeights
     from models.schedules import distillation_weight, soft_label_weights
     from models.student import DLDKDStudent
     from stages.evaluate import evaluate_student
@@ -201,31 +242,11 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             batch = train_data.batch(rows, device)
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
-                outputs = {name: model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"],
-                                                    batch["token_mask"]) for name in active_branches(t)}
-                loss = torch.zeros((), device=device)
-                for name in active_branches(t):
-                    parts = branch_loss(outputs[name], batch["query_video"], weights, gens["negatives"])
-                    if t.soft_infonce:
-                        soft = (teacher_batch_scores(batch, soft_teachers, t.soft_teacher_scale)
-                                if name == "inheritance" else outputs[name].video_dot)
-                        parts["infonce"] = partitioned_soft_infonce(outputs[name].video_dot, batch["query_video"],
-                                                                    soft, alpha, beta)
-                        parts["total"] = parts["triplet"] + weights.infonce * parts["infonce"]
-                    loss = loss + parts["total"]
-                    sums["triplet"] += float(parts["triplet"].detach())
-                    sums["infonce"] += float(parts["infonce"].detach())
-                if teachers:
-                    student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
-                    mask = batch["video_mask"][batch["query_video"]]
-                    kl = multi_teacher_kl(student_pos.float(), [batch[f"teacher:{k}"] for k in teachers], mask,
-                                          t.distill_temperature)
-                    loss = loss + w * kl
-                    sums["distill"] += float(kl.detach())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+                loss, parts = batch_loss(model, batch, t, teachers, soft_teachers, weights, w, (alpha, beta),
+                                         gens["negatives"])
+            for k, v in parts.items():
+                sums[k] += v
+            optimizer_step(loss, optimizer, scaler)
             scheduler.step()
             step += 1
             sums["loss"] += float(loss.detach())
