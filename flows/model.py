@@ -12,7 +12,7 @@ from prefect.artifacts import (
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
-from flows.progress import ProgressArtifact
+from flows.progress import ProgressArtifact, artifact_key
 from flows.runners import dask_client
 from stages import evaluate as ev
 from stages import teacher as tc
@@ -45,7 +45,7 @@ def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
         teacher, split, tc.teacher_cache_fingerprint(config, store, teacher, split)) == "committed"
     # runner dask / local-dask: the blocks run on that cluster's workers; an unchanged cache starts no cluster
     with contextlib.nullcontext() if current else dask_client(config):
-        progress = ProgressArtifact("teacher-progress", f"teacher {teacher} / {split}")
+        progress = ProgressArtifact(artifact_key(config, "teacher-progress"), f"teacher {teacher} / {split}")
         result = tc.build_teacher_cache(config, teacher, split, progress=progress)
     get_run_logger().info("teacher %s / %s: %s", teacher, split, "unchanged, skipped" if result["skipped"] else
                           f"{result['queries']} x {result['videos']} in {result['seconds']:.1f}s")
@@ -70,7 +70,7 @@ def teacher_flow(config: RunConfig) -> list[dict]:
 @task(name="train-student", retries=1)
 def train_task(config: RunConfig) -> dict:
     logger = get_run_logger()
-    progress_id = create_progress_artifact(0.0, key="train-progress", description=f"epochs of {config.name}")
+    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "train-progress"), description=f"epochs of {config.name}")
 
     def on_epoch(record: dict) -> None:
         done = 100.0 if record["early_stopped"] else 100.0 * (record["epoch"] + 1) / record["epochs"]
@@ -82,7 +82,7 @@ def train_task(config: RunConfig) -> dict:
     summary = tr.train(config, on_epoch=on_epoch)
     update_progress_artifact(progress_id, 100.0)
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
-    create_table_artifact(rows, key="train-history", description=f"per-epoch training of {config.name}")
+    create_table_artifact(rows, key=artifact_key(config, "train-history"), description=f"per-epoch training of {config.name}")
     return {k: v for k, v in summary.items() if k != "history"}
 
 
@@ -98,12 +98,12 @@ def evaluate_task(config: RunConfig) -> dict:
 
     from stages.report import metrics_table_rows, report_without_images
 
-    summary = ev.evaluate_run(config, progress=ProgressArtifact("evaluate-progress", f"evaluate {config.name}"))
-    create_table_artifact(metrics_table_rows(summary), key="metrics", description=f"{config.name}: {summary['split']}")
+    summary = ev.evaluate_run(config, progress=ProgressArtifact(artifact_key(config, "evaluate-progress"), f"evaluate {config.name}"))
+    create_table_artifact(metrics_table_rows(summary), key=artifact_key(config, "metrics"), description=f"{config.name}: {summary['split']}")
     report = summary["files"].get("report")
     if report:
         text = report_without_images(Path(report).read_text(encoding="utf-8"), Path(report).parent)
-        create_markdown_artifact(text, key="report", description=f"report of {config.name}")
+        create_markdown_artifact(text, key=artifact_key(config, "report"), description=f"report of {config.name}")
     return summary
 
 

@@ -4,8 +4,18 @@ Prefect; a task makes one of these and hands it to the stage."""
 
 from __future__ import annotations
 
+import re
+
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from configs.schema import RunConfig
+
+
+def artifact_key(config: RunConfig, what: str) -> str:
+    """`<run name>-<what>`: each run keeps its own artifact history in the UI (keys are per server,
+    so a bare `metrics` would mix every dataset's runs). Prefect keys: lowercase letters, digits, dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{config.name.lower()}-{what}").strip("-")
 
 
 class ProgressArtifact:

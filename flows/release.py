@@ -12,6 +12,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
+from flows.progress import artifact_key
 from stages import release as rel
 from storage.features import FeatureStore
 
@@ -70,7 +71,7 @@ def import_flow(config: RunConfig) -> dict:
     logger.info("%d shards, %d to import; text splits to import: %s; split aliases: %s",
                 len(plan.shards), len(todo), text_todo, plan.aliases)
 
-    progress_id = create_progress_artifact(0.0, key="import-progress", description=f"shards of {config.name}")
+    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "import-progress"), description=f"shards of {config.name}")
     runner = import_shard_task.with_options(retries=config.extract.shard_retries)
     futures = [runner.submit(config, i, fps[i]) for i in todo]
     futures += [import_text_task.submit(config, s, text_fps[s]) for s in text_todo]
@@ -81,7 +82,7 @@ def import_flow(config: RunConfig) -> dict:
     rows = [{"shard": r["shard"], "state": r["state"], "this_run": "ran" if r["shard"] in ran else "skipped (committed)",
              "videos": r["videos_in_manifest"], "committed_at": r["committed_at"] or "",
              "error": (r["error"] or r["note"] or "")[:300]} for r in status["shards"]]
-    create_table_artifact(rows, key="import-shards", description=f"imported shards of {config.name}")
+    create_table_artifact(rows, key=artifact_key(config, "import-shards"), description=f"imported shards of {config.name}")
     update_progress_artifact(progress_id, 100.0)
     if not status["complete"]:
         missing = [r["shard"] for r in rows if r["state"] != "committed"]

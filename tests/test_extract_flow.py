@@ -82,7 +82,8 @@ def test_artifacts_show_progress_and_shard_table(prefect_server, tmp_path):
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    by_key = {a.key: a for a in arts}
+    by_key = {a.key.removeprefix(f"{cfg.name}-"): a for a in arts}  # keys carry the run's name
+    assert all(a.key.startswith(f"{cfg.name}-") for a in arts)
     assert by_key["extract-progress"].type == "progress" and float(by_key["extract-progress"].data) == 100.0
     table = by_key["extract-shards"]
     assert table.type == "table"

@@ -141,18 +141,19 @@ def test_prefect_ui_shows_the_pipeline_run(tmp_path):
         assert f"extract-text-{split}" in tasks and f"teacher-cache-prvr-tiny-random-{split}" in \
             pages["prvr-teacher-tasks"].text
     artifacts = {flow: pages[f"prvr-{flow}-artifacts"].text for flow in ("extract", "teacher", "train", "evaluate")}
+    # Artifact keys carry the run's name ("ui"), so each run keeps its own history per key.
     for flow, keys in {"extract": ("extract-progress", "extract-shards"), "teacher": ("teacher-progress",),
                        "train": ("train-progress", "train-history"),
                        "evaluate": ("evaluate-progress", "metrics", "report")}.items():
         for key in keys:
-            assert key in artifacts[flow], (flow, key, artifacts[flow])
+            assert f"ui-{key}" in artifacts[flow], (flow, key, artifacts[flow])
     # The progress artifacts end at 100% with their last step; the metrics table shows SumR per method.
     progress = [s for name, s in pages.items() if name.startswith("artifact-") and "-progress-" in name]
-    assert {s.page.expect[0] for s in progress} >= {"extract-progress", "teacher-progress", "train-progress",
-                                                     "evaluate-progress"}
+    assert {s.page.expect[0] for s in progress} >= {"ui-extract-progress", "ui-teacher-progress",
+                                                     "ui-train-progress", "ui-evaluate-progress"}
     for s in progress:
         assert "Progress: 100%" in s.text, (s.page.name, s.text[:500])
-    metrics = next(s for name, s in pages.items() if name.startswith("artifact-metrics-")).text
+    metrics = next(s for name, s in pages.items() if name.startswith("artifact-ui-metrics-")).text
     saved = json.loads((RunPaths.of(runs_dir, "ui").metrics).read_text())
     fused = saved["methods"]["DL-DKD student (fused)"]["SumR"]
     assert "SumR" in metrics and "DL-DKD student (fused)" in metrics, metrics
