@@ -99,7 +99,8 @@ def evaluate_task(config: RunConfig) -> dict:
     from stages.report import metrics_table_rows, report_without_images
 
     summary = ev.evaluate_run(config, progress=ProgressArtifact(artifact_key(config, "evaluate-progress"), f"evaluate {config.name}"))
-    create_table_artifact(metrics_table_rows(summary), key=artifact_key(config, "metrics"), description=f"{config.name}: {summary['split']}")
+    create_table_artifact(metrics_table_rows(summary), key=artifact_key(config, "metrics"),
+                          description=f"{config.name}: {summary['split']}")
     report = summary["files"].get("report")
     if report:
         text = report_without_images(Path(report).read_text(encoding="utf-8"), Path(report).parent)
