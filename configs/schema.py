@@ -126,6 +126,10 @@ class ExtractConfig(_Strict):
         return v
 
 
+# The decay shapes of models.schedules (distillation weight, DL-DKD++ soft shares).
+Schedule = Literal["exponential", "linear", "sigmoid", "cosine", "constant"]
+
+
 class TrainConfig(_Strict):
     visual: list[str] = Field(default_factory=lambda: ["clip"], description="student inputs (extract.visual), concatenated")
     teachers: list[str] | None = Field(default=None, description="teacher keys to distil from (default: all)")
@@ -143,14 +147,14 @@ class TrainConfig(_Strict):
     margin: float = Field(default=0.2, ge=0)
     hard_pool: int = Field(default=20, ge=1)
     infonce_weight: float = Field(default=0.04, ge=0)
-    schedule: Literal["exponential", "linear", "sigmoid", "cosine", "constant"] = "exponential"
+    schedule: Schedule = "exponential"
     schedule_base: float = Field(default=0.1, ge=0)
     increasing: bool = False
     distill_temperature: float = Field(default=0.2, gt=0)
     soft_infonce: bool = Field(default=False, description="DL-DKD++ soft targets in InfoNCE")
     soft_alpha: float = Field(default=0.8, ge=0, le=1, description="share of each batch kept on one-hot targets")
     soft_beta: float = Field(default=0.8, ge=0, le=1, description="weight of the one-hot part in a soft target")
-    soft_schedule: Literal["exponential", "linear", "sigmoid", "cosine", "constant"] = Field(
+    soft_schedule: Schedule = Field(
         default="sigmoid", description="decay of soft_alpha and soft_beta over epochs")
     soft_teacher_scale: float = Field(default=100.0, gt=0, description="teacher cosine -> logits for its "
                                       "soft targets (CLIP's logit scale; the reference uses raw CLIP dot products)")

@@ -72,7 +72,8 @@ def extract_flow(config: RunConfig) -> dict:
     logger.info("%d shards, %d to extract (%s); text splits to encode: %s", len(plans), len(todo),
                 [p.index for p in todo], text_todo)
 
-    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "extract-progress"), description=f"shards of {config.name}")
+    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "extract-progress"),
+                                           description=f"shards of {config.name}")
     runner = extract_shard_task.with_options(retries=config.extract.shard_retries)
     gpu = runners.gpu_resources(config)
     if gpu:
@@ -90,7 +91,8 @@ def extract_flow(config: RunConfig) -> dict:
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
     status = ex.extraction_status(config, manifest, store)
     rows = _table_rows(status, {p.index for p in todo})
-    create_table_artifact(rows, key=artifact_key(config, "extract-shards"), description=f"shard states of {config.name}")
+    create_table_artifact(rows, key=artifact_key(config, "extract-shards"),
+                          description=f"shard states of {config.name}")
     update_progress_artifact(progress_id, 100.0)
 
     missing = [r for r in rows if r["state"] != "committed"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
@@ -19,7 +17,6 @@ from stages import teacher as tc
 from stages import train as tr
 from stages.sources import source_splits, source_status, stored_teachers
 from storage.features import FeatureStore, StoreError
-from storage.teacher_cache import TeacherCache
 
 
 class StoreIncomplete(RuntimeError):
@@ -40,13 +37,9 @@ def require_complete_store(config: RunConfig) -> None:
 
 @task(name="teacher-cache", task_run_name="teacher-cache-{teacher}-{split}", retries=1)
 def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
-    store = FeatureStore(config.store)
-    current = TeacherCache(store).status(
-        teacher, split, tc.teacher_cache_fingerprint(config, store, teacher, split)) == "committed"
-    # runner dask / local-dask: the blocks run on that cluster's workers; an unchanged cache starts no cluster
-    with contextlib.nullcontext() if current else dask_client(config):
-        progress = ProgressArtifact(artifact_key(config, "teacher-progress"), f"teacher {teacher} / {split}")
-        result = tc.build_teacher_cache(config, teacher, split, progress=progress)
+    progress = ProgressArtifact(artifact_key(config, "teacher-progress"), f"teacher {teacher} / {split}")
+    # runner dask / local-dask: the blocks run on that cluster's workers; a kept cache starts no cluster
+    result = tc.build_teacher_cache(config, teacher, split, progress=progress, compute_in=lambda: dask_client(config))
     get_run_logger().info("teacher %s / %s: %s", teacher, split, "unchanged, skipped" if result["skipped"] else
                           f"{result['queries']} x {result['videos']} in {result['seconds']:.1f}s")
     return result
@@ -70,7 +63,8 @@ def teacher_flow(config: RunConfig) -> list[dict]:
 @task(name="train-student", retries=1)
 def train_task(config: RunConfig) -> dict:
     logger = get_run_logger()
-    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "train-progress"), description=f"epochs of {config.name}")
+    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "train-progress"),
+                                           description=f"epochs of {config.name}")
 
     def on_epoch(record: dict) -> None:
         done = 100.0 if record["early_stopped"] else 100.0 * (record["epoch"] + 1) / record["epochs"]
@@ -82,7 +76,8 @@ def train_task(config: RunConfig) -> dict:
     summary = tr.train(config, on_epoch=on_epoch)
     update_progress_artifact(progress_id, 100.0)
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
-    create_table_artifact(rows, key=artifact_key(config, "train-history"), description=f"per-epoch training of {config.name}")
+    create_table_artifact(rows, key=artifact_key(config, "train-history"),
+                          description=f"per-epoch training of {config.name}")
     return {k: v for k, v in summary.items() if k != "history"}
 
 
@@ -98,7 +93,8 @@ def evaluate_task(config: RunConfig) -> dict:
 
     from stages.report import metrics_table_rows, report_without_images
 
-    summary = ev.evaluate_run(config, progress=ProgressArtifact(artifact_key(config, "evaluate-progress"), f"evaluate {config.name}"))
+    progress = ProgressArtifact(artifact_key(config, "evaluate-progress"), f"evaluate {config.name}")
+    summary = ev.evaluate_run(config, progress=progress)
     create_table_artifact(metrics_table_rows(summary), key=artifact_key(config, "metrics"),
                           description=f"{config.name}: {summary['split']}")
     report = summary["files"].get("report")

@@ -21,9 +21,9 @@ class ImportIncomplete(RuntimeError):
     """Raised so the flow run ends Failed while any shard or text split is missing."""
 
 
-def _plan(config: RunConfig, check: bool = False) -> rel.ReleasePlan:
-    settings = rel.ImportSettings.from_config(config)
-    return rel.open_release(settings, check_features=True) if check else rel.cached_plan(settings)
+def _plan(config: RunConfig) -> rel.ReleasePlan:
+    # Read once per process (the door check already read it in the flow's process).
+    return rel.cached_plan(rel.ImportSettings.from_config(config))
 
 
 @task(name="import-shard", task_run_name="import-shard-{index:05d}", retry_delay_seconds=2)
@@ -55,34 +55,34 @@ def import_text_task(config: RunConfig, split: str, fp: str) -> int:
 @flow(name="import-release", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def import_flow(config: RunConfig) -> dict:
     logger = get_run_logger()
-    plan = _plan(config, check=True)  # every file cross-checked before any work
+    plan = _plan(config)
+    rel.verify_features(plan)  # every feature file cross-checked before any work
     if not plan.has_teacher:
         logger.warning(rel.no_teacher_advice(plan.files))
     store = FeatureStore(config.store, mode="a")
-    store.invalidate_consolidated()
-    dropped = store.drop_shards_from(len(plan.shards))
-    if dropped:
-        logger.info("removed shards %s beyond the current plan", dropped)
-    rel.record_source(plan, store)
-    fps = {sh.index: rel.shard_fingerprint(plan, sh) for sh in plan.shards}
-    todo = [sh.index for sh in plan.shards if store.shard_status(sh.index, fps[sh.index]).state != "committed"]
-    text_fps = {split: rel.text_fingerprint(plan, split) for split in plan.splits}
-    text_todo = [s for s, fp in text_fps.items() if store.text_status(s, fp) != "committed"]
+    work = rel.begin_import(plan, store)
+    if work.dropped:
+        logger.info("removed shards %s beyond the current plan", work.dropped)
+    todo = [sh.index for sh, _ in work.shards]
+    text_todo = [split for split, _ in work.texts]
     logger.info("%d shards, %d to import; text splits to import: %s; split aliases: %s",
                 len(plan.shards), len(todo), text_todo, plan.aliases)
 
-    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "import-progress"), description=f"shards of {config.name}")
+    progress_id = create_progress_artifact(0.0, key=artifact_key(config, "import-progress"),
+                                           description=f"shards of {config.name}")
     runner = import_shard_task.with_options(retries=config.extract.shard_retries)
-    futures = [runner.submit(config, i, fps[i]) for i in todo]
-    futures += [import_text_task.submit(config, s, text_fps[s]) for s in text_todo]
+    futures = [runner.submit(config, sh.index, fp) for sh, fp in work.shards]
+    futures += [import_text_task.submit(config, split, fp) for split, fp in work.texts]
     for finished, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
     status = rel.import_status(plan, store)
     ran = set(todo)
-    rows = [{"shard": r["shard"], "state": r["state"], "this_run": "ran" if r["shard"] in ran else "skipped (committed)",
+    rows = [{"shard": r["shard"], "state": r["state"],
+             "this_run": "ran" if r["shard"] in ran else "skipped (committed)",
              "videos": r["videos_in_manifest"], "committed_at": r["committed_at"] or "",
              "error": (r["error"] or r["note"] or "")[:300]} for r in status["shards"]]
-    create_table_artifact(rows, key=artifact_key(config, "import-shards"), description=f"imported shards of {config.name}")
+    create_table_artifact(rows, key=artifact_key(config, "import-shards"),
+                          description=f"imported shards of {config.name}")
     update_progress_artifact(progress_id, 100.0)
     if not status["complete"]:
         missing = [r["shard"] for r in rows if r["state"] != "committed"]

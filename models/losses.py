@@ -245,8 +245,13 @@ def branch_loss(
     query_video: Tensor,
     weights: LossWeights,
     generator: torch.Generator | None = None,
+    soft: tuple[Tensor, float, float] | None = None,
 ) -> dict[str, Tensor]:
-    """One branch's task loss: {"triplet", "infonce", "total" = triplet + weights.infonce * infonce}."""
+    """One branch's task loss: {"triplet", "infonce", "total" = triplet + weights.infonce * infonce}.
+    `soft` = (soft_scores, alpha, beta) makes the InfoNCE DL-DKD++'s `partitioned_soft_infonce`."""
     triplet = triplet_ranking_loss(out.video_cos, query_video, weights.triplet_margin, weights.hard_pool, generator)
-    infonce = infonce_loss(out.video_dot, query_video)
+    if soft is None:
+        infonce = infonce_loss(out.video_dot, query_video)
+    else:
+        infonce = partitioned_soft_infonce(out.video_dot, query_video, *soft)
     return {"triplet": triplet, "infonce": infonce, "total": triplet + weights.infonce * infonce}

@@ -53,52 +53,44 @@ def _run(dataset: str, annotations: Path, videos: Path, out: Path, val_fraction:
     typer.echo("next: set dataset.root to that folder in a run config and run `prvr run CONFIG --stages extract`")
 
 
-def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
-    """Add the annotation importers to `prvr import`."""
-
-    @import_app.command("tvr")
-    def tvr(
-        annotations: Path = typer.Argument(..., help=ANNOTATIONS_HELP),
-        videos: Path = typer.Option(..., "--videos", help=VIDEOS_HELP),
-        out: Path = typer.Option(..., "--out", help=OUT_HELP),
-        val_fraction: float = typer.Option(0.05, "--val-fraction", help=VAL_HELP),
-        seed: int = typer.Option(0, "--seed", help="seed of the val hold-out"),
-        strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    ) -> None:
-        """TVR (tvr_train/val_release.jsonl): train -> train, val -> test, a seeded share of train -> val.
+# name -> (help of --videos, the command's help: split conventions and what is skipped)
+DATASETS = {
+    "tvr": (VIDEOS_HELP, """TVR (tvr_train/val_release.jsonl): train -> train, val -> test,
+        a seeded share of train -> val.
 
         tvr_test_public_release.jsonl has no moments and is skipped. Videos must be
         files; TVR's folders of frames must be encoded into videos first.
-        """
-        _run("tvr", annotations, videos, out, val_fraction, seed, strict, force, fail)
-
-    @import_app.command("activitynet")
-    def activitynet(
-        annotations: Path = typer.Argument(..., help=ANNOTATIONS_HELP),
-        videos: Path = typer.Option(..., "--videos", help=VIDEOS_HELP + "; 'v_' may be left off the names"),
-        out: Path = typer.Option(..., "--out", help=OUT_HELP),
-        val_fraction: float = typer.Option(0.05, "--val-fraction", help=VAL_HELP),
-        seed: int = typer.Option(0, "--seed", help="seed of the val hold-out"),
-        strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
-        force: bool = typer.Option(False, "--force", help=FORCE_HELP),
-    ) -> None:
-        """ActivityNet Captions: train.json -> train, val_1.json -> test, a seeded share of train -> val.
+        """),
+    "activitynet": (VIDEOS_HELP + "; 'v_' may be left off the names", """ActivityNet Captions: train.json -> train,
+        val_1.json -> test, a seeded share of train -> val.
 
         val_2.json annotates val_1's videos a second time and is skipped. Moments
         running past the video's duration are clamped to it (counted in the report).
-        """
-        _run("activitynet", annotations, videos, out, val_fraction, seed, strict, force, fail)
+        """),
+    "charades": (VIDEOS_HELP, """Charades-STA (charades_sta_train/test.txt): train -> train,
+        test -> test, a seeded share of train -> val."""),
+}
 
-    @import_app.command("charades")
-    def charades(
+
+def _command(dataset: str, videos_help: str, doc: str, fail: Callable[[str], None]) -> Callable[..., None]:
+    """One `prvr import <dataset>` command; the datasets differ only in their help texts."""
+
+    def command(
         annotations: Path = typer.Argument(..., help=ANNOTATIONS_HELP),
-        videos: Path = typer.Option(..., "--videos", help=VIDEOS_HELP),
+        videos: Path = typer.Option(..., "--videos", help=videos_help),
         out: Path = typer.Option(..., "--out", help=OUT_HELP),
         val_fraction: float = typer.Option(0.05, "--val-fraction", help=VAL_HELP),
         seed: int = typer.Option(0, "--seed", help="seed of the val hold-out"),
         strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
         force: bool = typer.Option(False, "--force", help=FORCE_HELP),
     ) -> None:
-        """Charades-STA (charades_sta_train/test.txt): train -> train, test -> test, a seeded share of train -> val."""
-        _run("charades", annotations, videos, out, val_fraction, seed, strict, force, fail)
+        _run(dataset, annotations, videos, out, val_fraction, seed, strict, force, fail)
+
+    command.__doc__ = doc
+    return command
+
+
+def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
+    """Add the annotation importers to `prvr import`."""
+    for dataset, (videos_help, doc) in DATASETS.items():
+        import_app.command(dataset)(_command(dataset, videos_help, doc, fail))

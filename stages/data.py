@@ -10,7 +10,7 @@ import torch
 from configs.schema import RunConfig
 from stages.extract import visual_feature
 from stages.sources import student_text_features
-from storage.features import FeatureStore, StoreError, resampled_rows
+from storage.features import FeatureStore, StoreError, resampled_rows, teacher_array
 
 
 @dataclass
@@ -127,7 +127,7 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
         max_frames = cfg.train.max_frames or cfg.extract.max_frames
         t_len = data.video_mask.shape[1]
         for key in teacher_views:
-            view = store.padded(split, f"teacher.{key}", max_frames=max_frames, dtype=np.float16)
+            view = store.padded(split, teacher_array(key), max_frames=max_frames, dtype=np.float16)
             if view.video_ids != videos.video_ids:
                 raise StoreError(f"teacher {key} frames and the student's videos disagree in split {split!r}")
             frames = np.zeros((len(view.video_ids), t_len, view.features.shape[-1]), dtype=np.float16)

@@ -15,6 +15,7 @@ import torch
 
 from configs.schema import RunConfig
 from stages.data import SplitData, load_split
+from stages.sources import stored_teachers
 from storage.features import FeatureStore
 from storage.runs import RunPaths
 
@@ -153,8 +154,6 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
         methods[names[b]] = metrics
         ranks_by_branch[b] = ranks
         report(hi, f"{names[b]}: SumR {metrics['SumR']:.1f}")
-    from stages.sources import stored_teachers
-
     for teacher in stored_teachers(cfg, store):  # a release may come without its teacher
         name = f"teacher {teacher} (zero-shot)"
         methods[name] = teacher_zero_shot(store, teacher, split, data)

@@ -17,7 +17,7 @@ import numpy as np
 
 from configs.schema import ExtractConfig, RunConfig, TeacherSpec
 from stages.manifest import Manifest, Video
-from storage.features import LAYOUT_VERSION, FeatureStore
+from storage.features import LAYOUT_VERSION, FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
 from storage.fingerprint import fingerprint
 
 log = logging.getLogger("prvr.extract")
@@ -81,11 +81,11 @@ def text_fingerprint(manifest: Manifest, split: str, cfg: ExtractConfig) -> str:
 
 # ---- feature names ------------------------------------------------------------
 def teacher_feature(spec: TeacherSpec) -> str:
-    return f"teacher.{spec.key}"
+    return teacher_array(spec.key)
 
 
 def visual_feature(name: str) -> str:
-    return f"visual.{name}"
+    return visual_array(name)
 
 
 def token_model(cfg: ExtractConfig) -> str:
@@ -311,9 +311,10 @@ def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str) -> int
     tok_key = token_model(ex)
     tok_enc = teachers[tok_key]
     max_tokens = min(ex.max_tokens, tok_enc.context_length)
-    arrays = {f"sentence.{k}": (e.embed_dim,) for k, e in teachers.items()}
-    arrays[f"tokens.{tok_key}"] = (max_tokens, tok_enc.token_dim)
-    arrays[f"token_lengths.{tok_key}"] = ()
+    tokens_name, lengths_name = token_arrays(tok_key)
+    arrays = {sentence_array(k): (e.embed_dim,) for k, e in teachers.items()}
+    arrays[tokens_name] = (max_tokens, tok_enc.token_dim)
+    arrays[lengths_name] = ()
     moments = np.array([q.moment if q.moment else (np.nan, np.nan) for q in queries], dtype=np.float32).reshape(-1, 2)
     store = FeatureStore(cfg.store, mode="a")
     writer = store.begin_text(split, [q.query_id for q in queries], [q.video_id for q in queries],
@@ -321,10 +322,10 @@ def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str) -> int
     for start in range(0, len(queries), ex.text_batch_size):
         texts = [q.text for q in queries[start:start + ex.text_batch_size]]
         for key, e in teachers.items():
-            writer.write(f"sentence.{key}", start, e.encode_sentences(texts).numpy())
+            writer.write(sentence_array(key), start, e.encode_sentences(texts).numpy())
         tokens, lengths = tok_enc.encode_tokens(texts, max_tokens=max_tokens)
-        writer.write(f"tokens.{tok_key}", start, tokens.numpy())
-        writer.write(f"token_lengths.{tok_key}", start, lengths.numpy())
+        writer.write(tokens_name, start, tokens.numpy())
+        writer.write(lengths_name, start, lengths.numpy())
     writer.commit(fp)
     return len(queries)
 

@@ -28,7 +28,7 @@ from stages.release_formats import (
     BigFile, Caption, Hdf5Rows, ReleaseFormatError, _listed, l2_normalise, mean_resample, read_captions,
     read_video2frames,
 )
-from storage.features import FeatureStore
+from storage.features import FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
 from storage.fingerprint import fingerprint
 
 log = logging.getLogger("prvr.release")
@@ -148,6 +148,14 @@ def _content_hash(path: Path) -> str:
 
 def open_release(s: ImportSettings, check_features: bool = True) -> ReleasePlan:
     """Read and cross-check the release before any work: every problem names its file and id."""
+    plan = read_plan(s)
+    if check_features:
+        verify_features(plan)
+    return plan
+
+
+def read_plan(s: ImportSettings) -> ReleasePlan:
+    """Captions, split aliases, video2frames and the shard plan; the feature files are only located."""
     files = release_files(s)
     if not files.captions:
         raise ReleaseError(f"no caption files in {s.root / 'TextData'}: expected "
@@ -175,45 +183,41 @@ def open_release(s: ImportSettings, check_features: bool = True) -> ReleasePlan:
     if missing:
         raise ReleaseError(f"{files.video2frames}: {len(missing)} video(s) of the caption files have no frames: "
                            f"{_listed(missing)}")
-    if check_features:
-        big = BigFile(files.features)
-        unknown = [f"{v}: {fid}" for v in videos for fid in frames_of[v] if fid not in big.index]
-        if unknown:
-            raise ReleaseError(f"{files.features / 'id.txt'}: {len(unknown)} frame id(s) listed in "
-                               f"video2frames.txt are not in the features: {_listed(unknown)}")
-        if not files.tokens.is_file():
-            raise ReleaseError(f"{files.tokens}: missing (the student's token features)")
-        tokens = Hdf5Rows(files.tokens)
-        try:
-            qmissing = tokens.missing([c.query_id for caps in captions.values() for c in caps])
-        finally:
-            tokens.close()
-        if qmissing:
-            raise ReleaseError(f"{files.tokens}: {len(qmissing)} query id(s) of the caption files are missing: "
-                               f"{_listed(qmissing)}")
-    has_teacher = files.has_teacher
     if files.teacher_videos.is_file() != files.teacher_queries.is_file():
         present, absent = ((files.teacher_videos, files.teacher_queries) if files.teacher_videos.is_file()
                            else (files.teacher_queries, files.teacher_videos))
         raise ReleaseError(f"{absent}: missing while {present.name} is present; the teacher needs both")
-    if has_teacher and check_features:
-        tv = Hdf5Rows(files.teacher_videos)
-        tq = Hdf5Rows(files.teacher_queries, alternate_ids=True)
-        try:
-            vmissing = tv.missing(videos)
-            qmissing = tq.missing([c.query_id for caps in captions.values() for c in caps])
-        finally:
-            tv.close()
-            tq.close()
-        if vmissing:
-            raise ReleaseError(f"{files.teacher_videos}: {len(vmissing)} video(s) missing: {_listed(vmissing)}")
-        if qmissing:
-            raise ReleaseError(f"{files.teacher_queries}: {len(qmissing)} query id(s) missing: {_listed(qmissing)}")
-
     ordered = [(v, split) for split, caps in captions.items() for v in dict.fromkeys(c.video_id for c in caps)]
     shards = [ImportShard(i // s.shard_size, tuple(ordered[i:i + s.shard_size]))
               for i in range(0, len(ordered), s.shard_size)]
-    return ReleasePlan(s, files, captions, aliases, shards, frames_of, has_teacher)
+    return ReleasePlan(s, files, captions, aliases, shards, frames_of, files.has_teacher)
+
+
+def verify_features(plan: ReleasePlan) -> None:
+    """Every frame id in feature.bin's id.txt, every query in the token file, and every video and
+    query in the teacher files when present; the first file with gaps is named with its ids."""
+    files = plan.files
+    videos = [v for shard in plan.shards for v, _ in shard.videos]
+    queries = [c.query_id for caps in plan.captions.values() for c in caps]
+    big = BigFile(files.features)
+    unknown = [f"{v}: {fid}" for v in videos for fid in plan.frames_of[v] if fid not in big.index]
+    if unknown:
+        raise ReleaseError(f"{files.features / 'id.txt'}: {len(unknown)} frame id(s) listed in "
+                           f"video2frames.txt are not in the features: {_listed(unknown)}")
+    if not files.tokens.is_file():
+        raise ReleaseError(f"{files.tokens}: missing (the student's token features)")
+    checks = [(Hdf5Rows(files.tokens), queries, "query id(s) of the caption files are missing")]
+    if plan.has_teacher:
+        checks += [(Hdf5Rows(files.teacher_videos), videos, "video(s) missing"),
+                   (Hdf5Rows(files.teacher_queries, alternate_ids=True), queries, "query id(s) missing")]
+    try:
+        for rows, ids, what in checks:
+            absent = rows.missing(ids)
+            if absent:
+                raise ReleaseError(f"{rows.path}: {len(absent)} {what}: {_listed(absent)}")
+    finally:
+        for rows, _, _ in checks:
+            rows.close()
 
 
 _PLANS: dict[tuple, ReleasePlan] = {}
@@ -227,7 +231,7 @@ def cached_plan(s: ImportSettings) -> ReleasePlan:
     key = (s, stamp)
     if key not in _PLANS:
         _PLANS.clear()
-        _PLANS[key] = open_release(s, check_features=False)
+        _PLANS[key] = read_plan(s)
     return _PLANS[key]
 
 
@@ -254,12 +258,12 @@ def text_fingerprint(plan: ReleasePlan, split: str) -> str:
 
 # ---- the work ---------------------------------------------------------------------
 def feature_dims(plan: ReleasePlan) -> dict[str, int]:
-    dims = {f"visual.{plan.settings.feature}": BigFile(plan.files.features).dims}
+    dims = {visual_array(plan.settings.feature): BigFile(plan.files.features).dims}
     if plan.has_teacher:
         tv = Hdf5Rows(plan.files.teacher_videos)
         try:
             first = plan.shards[0].videos[0][0]
-            dims[f"teacher.{plan.settings.teacher}"] = tv.read(first).shape[-1]
+            dims[teacher_array(plan.settings.teacher)] = tv.read(first).shape[-1]
         finally:
             tv.close()
     return dims
@@ -282,7 +286,7 @@ def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureS
     s = plan.settings
     big = BigFile(plan.files.features)
     tv = Hdf5Rows(plan.files.teacher_videos) if plan.has_teacher else None
-    visual, teacher = f"visual.{s.feature}", f"teacher.{s.teacher}"
+    visual, teacher = visual_array(s.feature), teacher_array(s.teacher)
     writer = store.begin_shard(shard.index, feature_dims(plan))
     frames = 0
     try:
@@ -312,10 +316,10 @@ def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, pro
     tq = Hdf5Rows(plan.files.teacher_queries, alternate_ids=True) if plan.has_teacher else None
     try:
         token_dim = tokens.read(caps[0].query_id).shape[-1]
-        arrays: dict[str, tuple[int, ...]] = {f"tokens.{s.text}": (s.max_tokens, token_dim),
-                                              f"token_lengths.{s.text}": ()}
+        tokens_name, lengths_name = token_arrays(s.text)
+        arrays: dict[str, tuple[int, ...]] = {tokens_name: (s.max_tokens, token_dim), lengths_name: ()}
         if tq:
-            arrays[f"sentence.{s.teacher}"] = (tq.read(caps[0].query_id).size,)
+            arrays[sentence_array(s.teacher)] = (tq.read(caps[0].query_id).size,)
         moments = np.full((len(caps), 2), np.nan, dtype=np.float32)  # the release carries no moments
         writer = store.begin_text(split, [c.query_id for c in caps], [c.video_id for c in caps],
                                   [c.text for c in caps], moments, arrays)
@@ -329,11 +333,11 @@ def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, pro
                     raise ReleaseFormatError(f"{plan.files.tokens}: query {c.query_id!r} has no tokens")
                 block[j, : len(t)] = l2_normalise(t)
                 lengths[j] = len(t)
-            writer.write(f"tokens.{s.text}", start, block)
-            writer.write(f"token_lengths.{s.text}", start, lengths)
+            writer.write(tokens_name, start, block)
+            writer.write(lengths_name, start, lengths)
             if tq:
                 sentences = np.stack([tq.read(c.query_id).reshape(-1) for c in batch])
-                writer.write(f"sentence.{s.teacher}", start, l2_normalise(sentences))
+                writer.write(sentence_array(s.teacher), start, l2_normalise(sentences))
             if progress:
                 progress(min(start + TEXT_BATCH, len(caps)), len(caps))
     finally:
@@ -374,27 +378,40 @@ def import_status(plan: ReleasePlan, store: FeatureStore | None) -> dict:
             and all(v == "committed" for v in text.values())}
 
 
+@dataclass
+class ImportWork:
+    """What an import run has to do: shards and text splits not committed under their fingerprints."""
+
+    shards: list[tuple[ImportShard, str]]  # (shard, fingerprint)
+    texts: list[tuple[str, str]]  # (split, fingerprint)
+    dropped: list[int]  # shards beyond the plan, removed
+
+
+def begin_import(plan: ReleasePlan, store: FeatureStore) -> ImportWork:
+    """Prepare the store for an import run (source recorded, stale shards dropped) and list the work."""
+    store.invalidate_consolidated()
+    dropped = store.drop_shards_from(len(plan.shards))
+    record_source(plan, store)
+    shards = [(sh, fp) for sh in plan.shards
+              if store.shard_status(sh.index, fp := shard_fingerprint(plan, sh)).state != "committed"]
+    texts = [(split, fp) for split in plan.splits
+             if store.text_status(split, fp := text_fingerprint(plan, split)) != "committed"]
+    return ImportWork(shards, texts, dropped)
+
+
 def run_import(plan: ReleasePlan, location: str, on_shard: Callable[[dict], None] | None = None,
                progress: Progress | None = None) -> dict:
     """Import everything not yet committed, in this process (the CLI route; the flow runs tasks)."""
     store = FeatureStore(location, mode="a")
-    store.invalidate_consolidated()
-    dropped = store.drop_shards_from(len(plan.shards))
-    todo = [sh for sh in plan.shards if store.shard_status(sh.index, shard_fingerprint(plan, sh)).state != "committed"]
-    record_source(plan, store)
-    done = []
-    for sh in todo:
-        result = import_shard(plan, sh, shard_fingerprint(plan, sh), store, progress)
-        done.append(sh.index)
+    work = begin_import(plan, store)
+    for shard, fp in work.shards:
+        result = import_shard(plan, shard, fp, store, progress)
         if on_shard:
             on_shard(result)
-    texts = []
-    for split in plan.splits:
-        fp = text_fingerprint(plan, split)
-        if store.text_status(split, fp) != "committed":
-            import_text(plan, split, fp, store)
-            texts.append(split)
+    for split, fp in work.texts:
+        import_text(plan, split, fp, store)
     store.consolidate()
     status = import_status(plan, store)
-    return {"shards": len(plan.shards), "imported": done, "dropped": dropped, "text_imported": texts,
-            "complete": status["complete"], "teacher": status["teacher"], "aliases": plan.aliases}
+    return {"shards": len(plan.shards), "imported": [sh.index for sh, _ in work.shards], "dropped": work.dropped,
+            "text_imported": [split for split, _ in work.texts], "complete": status["complete"],
+            "teacher": status["teacher"], "aliases": plan.aliases}

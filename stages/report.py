@@ -112,11 +112,6 @@ def _json_text(value: Any) -> str:
     return json.dumps(_jsonable(value), indent=2, allow_nan=False) + "\n"
 
 
-# ---- files ------------------------------------------------------------------------
-def _atomic_write(path: Path, data: bytes) -> None:
-    write_atomic(path, data)
-
-
 # ---- plots ------------------------------------------------------------------------
 def _number(value: Any) -> float:
     """A plottable float; None and non-numbers become NaN (a gap in the line)."""
@@ -290,8 +285,6 @@ def _report_markdown(title: str, metrics: Mapping[str, Any], history: Sequence[M
 def report_without_images(markdown: str, run_dir: Path) -> str:
     """The report for places that cannot load the run folder's files (the Prefect UI): each plot
     image becomes a line naming the file, instead of a broken image."""
-    import re
-
     def line(match: re.Match) -> str:
         return f"plot *{match.group(1)}*: `{(Path(run_dir) / match.group(2)).resolve()}`"
 
@@ -317,8 +310,8 @@ def write_run_report(
         "history": run_dir / "history.json",
         "report": run_dir / "report.md",
     }
-    _atomic_write(paths["metrics"], _json_text(metrics).encode())
-    _atomic_write(paths["history"], _json_text(history).encode())
+    write_atomic(paths["metrics"], _json_text(metrics).encode())
+    write_atomic(paths["history"], _json_text(history).encode())
 
     drawers = {
         "losses": lambda axes: _draw_losses(axes, history),
@@ -328,8 +321,8 @@ def write_run_report(
     }
     for name in PLOT_NAMES:
         paths[name] = plots_dir / f"{name}.png"
-        _atomic_write(paths[name], _render_png(drawers[name]))
+        write_atomic(paths[name], _render_png(drawers[name]))
 
     # report.md last: it links the plots, which exist by now.
-    _atomic_write(paths["report"], _report_markdown(title, metrics, history).encode())
+    write_atomic(paths["report"], _report_markdown(title, metrics, history).encode())
     return paths

@@ -6,7 +6,7 @@ The stages downstream of the store ask here, so they run unchanged on either.
 from __future__ import annotations
 
 from configs.schema import RunConfig
-from storage.features import FeatureStore
+from storage.features import FeatureStore, teacher_array
 
 
 def is_release(cfg: RunConfig) -> bool:
@@ -66,4 +66,4 @@ def student_text_features(cfg: RunConfig) -> str:
 def stored_teachers(cfg: RunConfig, store: FeatureStore) -> list[str]:
     """The configured teachers whose frames the store holds (a release may come without its teacher)."""
     names = set(store.feature_names())
-    return [t.key for t in cfg.extract.teacher if f"teacher.{t.key}" in names]
+    return [t.key for t in cfg.extract.teacher if teacher_array(t.key) in names]

@@ -12,9 +12,11 @@ Plain functions; no Prefect here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -60,8 +62,8 @@ def _cache_inputs(store: FeatureStore, teacher_key: str, split: str) -> dict:
     text = store.committed_text_fingerprint(split)
     if text is None:
         raise StoreError(f"text of split {split!r} is not committed in {store.location}; run the extract stage")
-    stored = store.resolve_split(split)
-    shards = sorted({loc.shard for loc in store.video_index().values() if loc.split == stored})
+    index = store.video_index()
+    shards = sorted({index[video].shard for video in store.split_video_ids(split)})
     return {
         "version": CACHE_VERSION, "teacher": teacher_key, "split": split, "text": text,
         "shards": {str(i): store.committed_shard_fingerprint(i) for i in shards},
@@ -270,10 +272,12 @@ def task_progress(progress: Progress | None, lo: float, hi: float, message: str,
 
 # ---- the stage ---------------------------------------------------------------
 def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_block: int = 1024,
-                        scheduler: str | None = None, progress: Progress | None = None) -> dict:
+                        scheduler: str | None = None, progress: Progress | None = None,
+                        compute_in: Callable[[], AbstractContextManager] | None = None) -> dict:
     """Compute and write one (teacher, split) cache unless one is committed under the current
     fingerprint. `scheduler` None uses dask's default: threads, or a distributed Client in scope.
-    `progress(fraction, message)` hears each phase and, on dask's local schedulers, each finished task."""
+    `progress(fraction, message)` hears each phase and, on dask's local schedulers, each finished task.
+    `compute_in()` is entered around the computation only, e.g. a client of the configured Dask cluster."""
     def report(fraction: float, message: str) -> None:
         if progress is not None:
             progress(fraction, message)
@@ -294,37 +298,39 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
                 "seconds": round(time.perf_counter() - started, 3),
                 "missing_positives": info.get("stats", {}).get("missing_positives", 0)}
 
-    text = store.text(split)
-    sentences = store.dask_sentences(split, teacher_key, query_block)
-    frames = split_frames(store, teacher_feature(spec), split)
-    if sentences.shape[1] != frames.frames.shape[1]:
-        raise StoreError(f"teacher {teacher_key}: sentences have {sentences.shape[1]} dims, "
-                         f"frames {frames.frames.shape[1]}")
-    n_queries, n_videos = len(text.query_ids), len(frames.video_ids)
-    positives = plan_positives(text.video_ids, frames)
-    missing = int((positives.columns < 0).sum())
-    if missing:
-        log.warning("%s/%s: %d of %d queries have no stored positive video in the split",
-                    teacher_key, split, missing, n_queries)
+    # Only real work enters the caller's compute context (e.g. a Dask cluster): a kept cache starts nothing.
+    with compute_in() if compute_in is not None else contextlib.nullcontext():
+        text = store.text(split)
+        sentences = store.dask_sentences(split, teacher_key, query_block)
+        frames = split_frames(store, teacher_feature(spec), split)
+        if sentences.shape[1] != frames.frames.shape[1]:
+            raise StoreError(f"teacher {teacher_key}: sentences have {sentences.shape[1]} dims, "
+                             f"frames {frames.frames.shape[1]}")
+        n_queries, n_videos = len(text.query_ids), len(frames.video_ids)
+        positives = plan_positives(text.video_ids, frames)
+        missing = int((positives.columns < 0).sum())
+        if missing:
+            log.warning("%s/%s: %d of %d queries have no stored positive video in the split",
+                        teacher_key, split, missing, n_queries)
 
-    store.invalidate_consolidated()
-    writer = cache.begin(teacher_key, split, text.query_ids, frames.video_ids, query_block, fp, inputs)
-    if n_queries and n_videos:
-        sims = video_sim_dask(sentences, frames, writer.chunks)
-        message = (f"query x video scores: {n_queries} queries x {n_videos} videos "
-                   f"({int(frames.offsets[-1])} frames)")
-        report(0.0, message)
-        writer.store_video_sim(sims, scheduler=scheduler,
-                               **task_progress(progress, 0.0, VIDEO_SIM_SHARE, message, sims, scheduler))
-    message = f"positive-frame scores of {n_queries} queries"
-    report(VIDEO_SIM_SHARE, message)
-    flat = positive_frames_compute(sentences, frames, positives, query_block, scheduler,
-                                   **task_progress(progress, VIDEO_SIM_SHARE, 1.0, message, sentences, scheduler))
-    writer.write_positive(flat, positives.offsets)
-    seconds = time.perf_counter() - started
-    writer.commit({"queries": n_queries, "videos": n_videos, "frames": int(frames.offsets[-1]),
-                   "missing_positives": missing, "seconds": round(seconds, 3)})
-    report(1.0, f"committed in {seconds:.1f}s")
-    log.info("%s/%s: %d queries x %d videos in %.1fs", teacher_key, split, n_queries, n_videos, seconds)
-    return {"teacher": teacher_key, "split": split, "queries": n_queries, "videos": n_videos,
-            "skipped": False, "seconds": round(seconds, 3), "missing_positives": missing}
+        store.invalidate_consolidated()
+        writer = cache.begin(teacher_key, split, text.query_ids, frames.video_ids, query_block, fp, inputs)
+        if n_queries and n_videos:
+            sims = video_sim_dask(sentences, frames, writer.chunks)
+            message = (f"query x video scores: {n_queries} queries x {n_videos} videos "
+                       f"({int(frames.offsets[-1])} frames)")
+            report(0.0, message)
+            writer.store_video_sim(sims, scheduler=scheduler,
+                                   **task_progress(progress, 0.0, VIDEO_SIM_SHARE, message, sims, scheduler))
+        message = f"positive-frame scores of {n_queries} queries"
+        report(VIDEO_SIM_SHARE, message)
+        flat = positive_frames_compute(sentences, frames, positives, query_block, scheduler,
+                                       **task_progress(progress, VIDEO_SIM_SHARE, 1.0, message, sentences, scheduler))
+        writer.write_positive(flat, positives.offsets)
+        seconds = time.perf_counter() - started
+        writer.commit({"queries": n_queries, "videos": n_videos, "frames": int(frames.offsets[-1]),
+                       "missing_positives": missing, "seconds": round(seconds, 3)})
+        report(1.0, f"committed in {seconds:.1f}s")
+        log.info("%s/%s: %d queries x %d videos in %.1fs", teacher_key, split, n_queries, n_videos, seconds)
+        return {"teacher": teacher_key, "split": split, "queries": n_queries, "videos": n_videos,
+                "skipped": False, "seconds": round(seconds, 3), "missing_positives": missing}

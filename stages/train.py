@@ -77,7 +77,7 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
     """One batch's DL-DKD loss (call inside autocast): each active branch's triplet + InfoNCE (soft
     targets with train.soft_infonce), plus the weighted distillation KL of the inheritance branch.
     Returns (loss, {"triplet", "infonce", "distill": summed floats for the epoch record})."""
-    from models.losses import branch_loss, gather_positive, multi_teacher_kl, partitioned_soft_infonce
+    from models.losses import branch_loss, gather_positive, multi_teacher_kl
 
     branches = active_branches(t)
     outputs = {name: model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"], batch["token_mask"])
@@ -85,13 +85,12 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
     loss = torch.zeros((), device=batch["video"].device)
     sums = {"triplet": 0.0, "infonce": 0.0, "distill": 0.0}
     for name in branches:
-        parts = branch_loss(outputs[name], batch["query_video"], weights, negatives)
-        if t.soft_infonce:
-            soft = (teacher_batch_scores(batch, soft_teachers, t.soft_teacher_scale)
-                    if name == "inheritance" else outputs[name].video_dot)
-            parts["infonce"] = partitioned_soft_infonce(outputs[name].video_dot, batch["query_video"], soft,
-                                                        *soft_shares)
-            parts["total"] = parts["triplet"] + weights.infonce * parts["infonce"]
+        soft = None
+        if t.soft_infonce:  # DL-DKD++: the teacher's in-batch scores, or the branch's own
+            scores = (teacher_batch_scores(batch, soft_teachers, t.soft_teacher_scale)
+                      if name == "inheritance" else outputs[name].video_dot)
+            soft = (scores, *soft_shares)
+        parts = branch_loss(outputs[name], batch["query_video"], weights, negatives, soft)
         loss = loss + parts["total"]
         sums["triplet"] += float(parts["triplet"].detach())
         sums["infonce"] += float(parts["infonce"].detach())

@@ -53,6 +53,27 @@ def _event(kind: str, **extra: Any) -> dict[str, Any]:
     return {"event": kind, "at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}", **extra}
 
 
+# ---- array names: the store's vocabulary; callers use these instead of spelling them ----
+def teacher_array(key: str) -> str:
+    """A teacher's L2-normalised frame embeddings, per shard."""
+    return f"teacher.{key}"
+
+
+def visual_array(name: str) -> str:
+    """A student visual feature's frames, per shard."""
+    return f"visual.{name}"
+
+
+def sentence_array(key: str) -> str:
+    """A teacher's L2-normalised sentence embeddings, per text split."""
+    return f"sentence.{key}"
+
+
+def token_arrays(model: str) -> tuple[str, str]:
+    """(token features, token counts) of a text model, per text split."""
+    return f"tokens.{model}", f"token_lengths.{model}"
+
+
 def resampled_rows(n: int, t_max: int) -> np.ndarray:
     """Rows kept when n frames are uniformly resampled to t_max (readers of any aligned data use this rule)."""
     return np.round(np.linspace(0, n - 1, t_max)).astype(int)
@@ -109,10 +130,11 @@ class TextSplit:
     group: Any = field(repr=False)
 
     def sentences(self, teacher: str) -> np.ndarray:
-        return _read(self.group, f"sentence.{teacher}")
+        return _read(self.group, sentence_array(teacher))
 
     def tokens(self, model: str) -> tuple[np.ndarray, np.ndarray]:
-        return _read(self.group, f"tokens.{model}"), _read(self.group, f"token_lengths.{model}")
+        tokens, lengths = token_arrays(model)
+        return _read(self.group, tokens), _read(self.group, lengths)
 
 
 def _list_dir(store, prefix: str) -> list[str]:
@@ -490,7 +512,7 @@ class FeatureStore:
         import dask.array as da
 
         group = self.text(split).group
-        name = f"sentence.{teacher}"
+        name = sentence_array(teacher)
         if name not in group:
             raise StoreError(f"{group.path}: no array {name!r}; present: {sorted(group.array_keys())}")
         arr = group[name]
