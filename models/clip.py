@@ -328,13 +328,25 @@ class ClipEncoder:
 
     # ------------------------------------------------------------------ images
 
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, H, W, 3) uint8 on any device -> (N, 3, S, S) normalised float32 on the model's device."""
-        images = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+    def fit_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 frames of any size -> (N, S, S, 3) uint8 on the model's device: the
+        eval transform's geometry (resize, centre crop or pad) without normalisation.
+
+        Lossless to split here: the resize rounds to whole 0..255 values. Frames of videos of
+        different sizes can be batched together once fitted; a fitted frame passes `preprocess`'s
+        geometry unchanged.
+        """
+        pixels = as_uint8_frames(frames, 4, "frames")
+        images = pixels.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         height, width = images.shape[-2:]
         new_size = resized_size(height, width, self.image_size, self._resize_mode)
         images = resize_frames(images, new_size, self._interpolation)
         images = centre_crop_or_pad(images, self.image_size, float(self._fill_color))
+        return images.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, H, W, 3) uint8 on any device -> (N, 3, S, S) normalised float32 on the model's device."""
+        images = self.fit_frames(frames).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self._mean, device=self.device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self._std, device=self.device).view(1, 3, 1, 1) * 255.0
         return (images - mean) / std

@@ -111,20 +111,32 @@ class VideoBackbone:
             identity["url"] = self._weights.url
         return identity
 
-    def preprocess(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, W, H, Wd, 3) uint8 -> (B, 3, W, S, S) normalised float32 on the device.
+    def fit_clips(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(B, W, H, Wd, 3) uint8 clips of any frame size -> (B, W, S, S, 3) uint8 on the device.
 
         Short side resized to the preset's resize size (bilinear, antialiased; the preset squashes to
-        a fixed 4:3 size instead, which distorts other aspect ratios), then centre crop.
+        a fixed 4:3 size instead, which distorts other aspect ratios), then centre crop. Geometry
+        only, lossless (the resize rounds to whole values): clips of videos of different sizes can
+        be batched together once fitted, and a fitted clip passes `preprocess` unchanged.
         """
         import torch
 
-        from models.clip import centre_crop_or_pad, resize_short_side
+        from models.clip import as_uint8_frames, centre_crop_or_pad, resize_short_side
 
-        batch, window = clips.shape[:2]
-        frames = clips.to(self.device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2).float()
+        tensor = as_uint8_frames(clips, 5, "clips")
+        batch, window = tensor.shape[:2]
+        frames = tensor.to(self.device, non_blocking=True).flatten(0, 1).permute(0, 3, 1, 2).float()
         frames = resize_short_side(frames, self.resize_short, mode="bilinear")
         frames = centre_crop_or_pad(frames, self.input_size, 0.0)
+        frames = frames.to(torch.uint8).permute(0, 2, 3, 1)
+        return frames.reshape(batch, window, self.input_size, self.input_size, 3).contiguous()
+
+    def preprocess(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, W, H, Wd, 3) uint8 -> (B, 3, W, S, S) normalised float32 on the device."""
+        import torch
+
+        batch, window = clips.shape[:2]
+        frames = self.fit_clips(clips).flatten(0, 1).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self._mean, device=self.device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(self._std, device=self.device).view(1, 3, 1, 1) * 255.0
         frames = (frames - mean) / std

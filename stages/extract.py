@@ -11,7 +11,7 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from configs.schema import ExtractConfig, RunConfig, TeacherSpec
 from stages.manifest import Manifest, Video
 from storage.features import LAYOUT_VERSION, FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
 from storage.fingerprint import fingerprint
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("prvr.extract")
 Progress = Callable[[int, int], None]
@@ -123,26 +126,35 @@ class Encoders:
 
 # ---- batching across videos ---------------------------------------------------
 class _RowBatcher:
-    """Feeds rows of many videos through one encoder in full batches and hands back per-video outputs."""
+    """Feeds rows of many videos through one encoder in full batches and hands back per-video outputs.
 
-    def __init__(self, batch_size: int, encode: Callable[[np.ndarray], dict[str, np.ndarray]]):
+    Rows arrive already fitted to the encoder's input geometry (`fit`), so videos of different
+    frame sizes, orientations and frame rates share a batch.
+    """
+
+    def __init__(self, batch_size: int, fit: Callable[[np.ndarray], torch.Tensor],
+                 encode: Callable[[torch.Tensor], dict[str, np.ndarray]]):
         self.batch_size = batch_size
+        self.fit = fit
         self.encode = encode
-        self._pending: list[tuple[str, np.ndarray]] = []  # (video key, rows not yet encoded)
+        self._pending: list[tuple[str, torch.Tensor]] = []  # (video key, fitted rows not yet encoded)
         self._rows = 0
         self._outputs: dict[str, dict[str, list[np.ndarray]]] = {}
         self._expected: dict[str, int] = {}
         self._done_rows: dict[str, int] = {}
 
     def add(self, key: str, rows: np.ndarray) -> None:
-        self._expected[key] = len(rows)
+        fitted = self.fit(rows)
+        self._expected[key] = len(fitted)
         self._done_rows[key] = 0
         self._outputs[key] = {}
-        self._pending.append((key, rows))
-        self._rows += len(rows)
+        self._pending.append((key, fitted))
+        self._rows += len(fitted)
 
     def _run(self, limit: int) -> None:
-        take: list[tuple[str, np.ndarray]] = []
+        import torch
+
+        take: list[tuple[str, torch.Tensor]] = []
         n = 0
         while self._pending and n < limit:
             key, rows = self._pending[0]
@@ -154,7 +166,7 @@ class _RowBatcher:
             else:
                 self._pending[0] = (key, rows[k:])
         self._rows -= n
-        out = self.encode(np.concatenate([r for _, r in take]))
+        out = self.encode(torch.cat([r for _, r in take]))
         start = 0
         for key, rows in take:
             for name, values in out.items():
@@ -173,6 +185,33 @@ class _RowBatcher:
             result[key] = {name: np.concatenate(parts) for name, parts in self._outputs.pop(key).items()}
             del self._done_rows[key], self._expected[key]
         return result
+
+
+def _frame_batchers(enc: Encoders, ex: ExtractConfig) -> dict[str, _RowBatcher]:
+    """One batcher per teacher (each fits frames to its own input size); `visual.clip` is the first
+    teacher's un-normalised embedding."""
+    batchers = {}
+    for spec in ex.teacher:
+        teacher = enc.teachers[spec.key]
+        with_clip = spec is ex.teacher[0] and "clip" in ex.visual
+
+        def encode(frames, teacher=teacher, spec=spec, with_clip=with_clip) -> dict[str, np.ndarray]:
+            normalised, raw = teacher.encode_frames(frames)
+            out = {teacher_feature(spec): normalised.numpy()}
+            if with_clip:
+                out[visual_feature("clip")] = raw.numpy()
+            return out
+
+        batchers[spec.key] = _RowBatcher(ex.batch_size, teacher.fit_frames, encode)
+    return batchers
+
+
+def _clip_batchers(enc: Encoders, ex: ExtractConfig) -> dict[str, _RowBatcher]:
+    return {
+        name: _RowBatcher(max(1, ex.batch_size // ex.window), b.fit_clips,
+                          lambda clips, b=b, name=name: {visual_feature(name): b.encode_clips(clips).numpy()})
+        for name, b in enc.backbones.items()
+    }
 
 
 def _drill_shards(variable: str) -> set[str]:
@@ -226,22 +265,9 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
     short_side = enc.decode_short_side()
     needs_windows = bool(enc.backbones)
 
-    def encode_frames(frames: np.ndarray) -> dict[str, np.ndarray]:
-        out = {}
-        for spec in ex.teacher:
-            normalised, raw = enc.teachers[spec.key].encode_frames(frames)
-            out[teacher_feature(spec)] = normalised.numpy()
-            if spec is ex.teacher[0] and "clip" in ex.visual:
-                out[visual_feature("clip")] = raw.numpy()
-        return out
-
-    frame_batcher = _RowBatcher(ex.batch_size, encode_frames)
-    clip_batchers = {
-        name: _RowBatcher(max(1, ex.batch_size // ex.window),
-                          lambda clips, b=b, name=name: {visual_feature(name): b.encode_clips(clips).numpy()})
-        for name, b in enc.backbones.items()
-    }
-    meta: dict[str, tuple[Video, object]] = {}
+    frame_batchers = _frame_batchers(enc, ex)
+    clip_batchers = _clip_batchers(enc, ex)
+    meta: dict[str, tuple[Video, float, np.ndarray]] = {}  # video, duration, sample times (frames are let go)
     order: list[str] = []
     pending: dict[str, dict[str, np.ndarray]] = {}  # finished outputs of videos not yet written
     feature_names = list(enc.feature_dims())
@@ -250,22 +276,17 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
 
     def write_finished(flush: bool) -> None:
         nonlocal written, frames_total
-        frame_batcher.pump(flush)
-        done = frame_batcher.pop_finished()
-        for b in clip_batchers.values():
+        for b in [*frame_batchers.values(), *clip_batchers.values()]:
             b.pump(flush)
-        clip_done = [b.pop_finished() for b in clip_batchers.values()]
-        pending.update({k: dict(v) for k, v in done.items()})
-        for part in clip_done:
-            for k, v in part.items():
+            for k, v in b.pop_finished().items():
                 pending.setdefault(k, {}).update(v)
         # Write in manifest order so a shard's layout does not depend on timing.
         while order and order[0] in pending and len(pending[order[0]]) == len(feature_names):
             key = order.pop(0)
-            video, decoded = meta.pop(key)
-            writer.add_video(video.video_id, video.split, decoded.duration, decoded.plan.times, pending.pop(key))
+            video, duration, times = meta.pop(key)
+            writer.add_video(video.video_id, video.split, duration, times, pending.pop(key))
             written += 1
-            frames_total += len(decoded.plan.times)
+            frames_total += len(times)
 
     requests = [
         DecodeRequest(key=v.video_id, path=str(v.path), fps=ex.fps, max_frames=ex.max_frames, short_side=short_side,
@@ -280,9 +301,10 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
             writer.add_failure(video.video_id, result.error)
             log.warning("shard %d: %s left out: %s", plan.index, video.video_id, result.error)
         else:
-            meta[video.video_id] = (video, result)
+            meta[video.video_id] = (video, result.duration, result.plan.times)
             order.append(video.video_id)
-            frame_batcher.add(video.video_id, result.samples())
+            for b in frame_batchers.values():
+                b.add(video.video_id, result.samples())
             for b in clip_batchers.values():
                 b.add(video.video_id, result.clips())
             write_finished(flush=False)
