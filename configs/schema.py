@@ -84,7 +84,9 @@ class ExtractConfig(_Strict):
     window: int = Field(default=8, ge=1, description="frames per clip for video backbones")
     window_stride: int = Field(default=2, ge=1)
     visual_weights: dict[str, str | None] = Field(
-        default_factory=dict, description="torchvision weights per video backbone, e.g. {r2plus1d_18: KINETICS400_V1}"
+        default_factory=dict, description="weights per video backbone: a torchvision weights name "
+        "(e.g. {r2plus1d_18: KINETICS400_V1}, downloaded once) or a local weights file (a path; "
+        "offline), e.g. {tiny_r2plus1d: data/backbone/tiny_r2plus1d.pt}; absent = random init"
     )
     seed: int = 0
 
@@ -96,6 +98,9 @@ class ExtractConfig(_Strict):
             need = VISUAL_FEATURES[name].min_frames
             if self.window < need:
                 raise ValueError(f"visual feature {name!r} needs extract.window >= {need}, got {self.window}")
+        unused = sorted(set(self.visual_weights) - set(self.visual))
+        if unused:
+            raise ValueError(f"extract.visual_weights names {unused}, which extract.visual {self.visual} does not use")
         return self
 
     @field_validator("teacher", mode="before")
@@ -137,6 +142,9 @@ class TrainConfig(_Strict):
         default="both", description="both = DL-DKD; one branch alone for ablations")
     epochs: int = Field(default=100, ge=1)
     batch_videos: int = Field(default=128, ge=2, description="videos per batch, each with all of its queries")
+    optimizer: Literal["adamw", "bertadam"] = Field(
+        default="adamw", description="adamw: torch's AdamW, bias-corrected, warm-up then linear decay; bertadam: the "
+        "reference code's BertAdam (no bias correction, eps 1e-6, each parameter's gradient clipped to norm 1)")
     lr: float = Field(default=2.5e-4, gt=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup: float = Field(default=0.01, ge=0, lt=1, description="fraction of steps with linear warm-up")
@@ -159,7 +167,8 @@ class TrainConfig(_Strict):
     soft_teacher_scale: float = Field(default=100.0, gt=0, description="teacher cosine -> logits for its "
                                       "soft targets (CLIP's logit scale; the reference uses raw CLIP dot products)")
     fusion: float = Field(default=0.7, ge=0, le=1, description="weight of the inheritance branch at inference")
-    early_stop: int = Field(default=10, ge=1, description="epochs without validation SumR gain before stopping")
+    early_stop: int = Field(default=10, ge=1, description="stop once more than this many epochs in a row bring no "
+                            "validation SumR gain (as the reference code: 10 -> stops after the 11th)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="mixed precision on CUDA")
     resume: bool = True
@@ -229,6 +238,11 @@ class RunConfig(_Strict):
         data["runs_dir"] = _anchor(Path(data["runs_dir"]), base)
         if "://" not in self.store:
             data["store"] = str(_anchor(Path(self.store), base))
+        from models.visual import is_weights_file
+
+        for name, weights in data["extract"]["visual_weights"].items():
+            if is_weights_file(weights):  # a local file, not a torchvision weights name
+                data["extract"]["visual_weights"][name] = str(_anchor(Path(weights), base))
         for teacher in data["extract"]["teacher"]:
             # A checkpoint path (not a registry tag) is relative to the config file too.
             p = teacher["pretrained"]

@@ -1,4 +1,5 @@
-"""Student visual features: a registry of names, and torchvision video backbones.
+"""Student visual features: a registry of names, and video backbones over windows of frames
+(torchvision's, the small network `prvr synth-backbone` trains, a parameter-free descriptor).
 
 Importing this module is cheap (the config validator imports VISUAL_FEATURES): torch and
 torchvision are imported only when a backbone is built or used.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,18 +25,29 @@ S3D_MIN_FRAMES = 13
 @dataclass(frozen=True)
 class VisualSpec:
     name: str
-    kind: str  # "clip": per-frame teacher image embeddings; "video": a torchvision video backbone over a window
-    dim: int | None  # known without loading for video backbones; None for clip (depends on the CLIP)
+    kind: str  # "clip": per-frame teacher image embeddings; "video": a network over a window of frames
+    dim: int | None  # known without loading for fixed architectures; None where the weights decide
     min_frames: int = 1  # the shortest window the backbone accepts
+    family: str = "torchvision"  # video kinds: "torchvision" | "tiny" (models.tiny_video) | "descriptor"
 
 
 VISUAL_FEATURES: dict[str, VisualSpec] = {
-    "clip": VisualSpec("clip", "clip", None),
+    "clip": VisualSpec("clip", "clip", None, family="clip"),
     "r2plus1d_18": VisualSpec("r2plus1d_18", "video", 512),
     "r3d_18": VisualSpec("r3d_18", "video", 512),
     "mc3_18": VisualSpec("mc3_18", "video", 512),
     "s3d": VisualSpec("s3d", "video", 1024, min_frames=S3D_MIN_FRAMES),
+    # A small (2+1)D network; its weights file (from `prvr synth-backbone`) sets its width.
+    "tiny_r2plus1d": VisualSpec("tiny_r2plus1d", "video", None, min_frames=2, family="tiny"),
+    # Pooled temporal differences: no weights at all, the baseline beside the learned ones.
+    "frame_diff": VisualSpec("frame_diff", "video", 96, min_frames=2, family="descriptor"),
 }
+WEIGHT_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def is_weights_file(weights: str | None) -> bool:
+    """A local weights file (a path), as opposed to a torchvision weights name or None."""
+    return weights is not None and ("/" in weights or weights.endswith(WEIGHT_FILE_SUFFIXES))
 
 
 def _weights_enum(name: str) -> Any:
@@ -51,9 +64,13 @@ def _resolve_weights(name: str, weights: str | None) -> Any:
     member_name = weights.removeprefix(enum.__name__ + ".")
     if member_name not in enum.__members__:
         raise ValueError(
-            f"unknown torchvision weights {weights!r} for {name!r}; valid: {list(enum.__members__)} or None"
+            f"unknown torchvision weights {weights!r} for {name!r}; valid: {list(enum.__members__)}, "
+            f"a local weights file (a path ending in {', '.join(WEIGHT_FILE_SUFFIXES)}), or None"
         )
     return enum[member_name]
+
+
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 
 
 def _drop_classifier(model: nn.Module) -> None:
@@ -68,8 +85,108 @@ def _drop_classifier(model: nn.Module) -> None:
         raise NotImplementedError(f"don't know the classifier head of {type(model).__name__}")
 
 
+def _load_state_dict_file(path: Path) -> dict:
+    """A state_dict from a local file (torch or safetensors), never unpickling arbitrary objects."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path}: not a readable weights file ({error})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # checkpoints that wrap the weights
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds no state_dict")
+    return state
+
+
+def _local_file(name: str, weights: str) -> Path:
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ValueError(f"weights file for {name!r} not found: {path}")
+    return path.resolve()
+
+
+@dataclass
+class _Built:
+    model: nn.Module
+    input_size: int
+    resize_short: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dim: int
+    min_frames: int
+    url: str | None = None
+
+
+def _build_torchvision(spec: VisualSpec, weights: str | None, seed: int) -> _Built:
+    import torch
+    from torchvision.models import get_model
+
+    enum_member = None if is_weights_file(weights) else _resolve_weights(spec.name, weights)
+    # Random init consumes the global RNG: seed it without disturbing the caller's RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = get_model(spec.name, weights=enum_member)
+    _drop_classifier(model)
+    if is_weights_file(weights):
+        path = _local_file(spec.name, weights)
+        state = {k: v for k, v in _load_state_dict_file(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ValueError(f"{path} does not hold {spec.name} weights: {str(error).splitlines()[0]}") from None
+    # Input geometry and normalisation from the weights' eval preset (the default weights' otherwise):
+    # metadata only, no download.
+    preset = (enum_member or _weights_enum(spec.name).DEFAULT).transforms()
+    return _Built(model, int(preset.crop_size[0]), int(min(preset.resize_size)), tuple(float(m) for m in preset.mean),
+                  tuple(float(s) for s in preset.std), int(spec.dim), spec.min_frames,
+                  url=enum_member.url if enum_member is not None else None)
+
+
+def _build_tiny(spec: VisualSpec, weights: str | None, seed: int) -> _Built:
+    import torch
+
+    from models.tiny_video import TinyR2Plus1D, TinyVideoConfig, TinyVideoWeights, load_tiny_video_weights
+
+    if weights is not None and not is_weights_file(weights):
+        raise ValueError(f"{spec.name} takes a weights file made by `prvr synth-backbone` (or None), not {weights!r}")
+    if weights is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = TinyR2Plus1D(TinyVideoConfig())
+        loaded = TinyVideoWeights(model.config, model.state_dict())
+    else:
+        loaded = load_tiny_video_weights(_local_file(spec.name, weights))
+        model = loaded.build()
+    size = loaded.config.input_size
+    return _Built(model, size, size, loaded.mean, loaded.std, loaded.config.dim, loaded.config.min_frames)
+
+
+def _build_descriptor(spec: VisualSpec, weights: str | None, seed: int) -> _Built:
+    from models.frame_diff import FrameDifference
+
+    if weights is not None:
+        raise ValueError(f"{spec.name} has no weights; leave extract.visual_weights.{spec.name} unset")
+    return _Built(FrameDifference(), 64, 64, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), FrameDifference.dim, spec.min_frames)
+
+
+_BUILDERS = {"torchvision": _build_torchvision, "tiny": _build_tiny, "descriptor": _build_descriptor}
+
+
 class VideoBackbone:
-    """A frozen torchvision video classifier without its head: (B, W, H, Wd, 3) uint8 clips -> (B, dim)."""
+    """A frozen video network without its head: (B, W, H, Wd, 3) uint8 clips -> (B, dim).
+
+    weights: None (random init seeded with `seed`; nothing for a descriptor), a torchvision
+    weights name (downloaded by torchvision the first time), or a local weights file: a torchvision
+    state_dict for the torchvision architectures (so a cluster without internet can use them), or a
+    `prvr synth-backbone` file for tiny_r2plus1d.
+    """
 
     def __init__(self, name: str, weights: str | None, device: str = "cpu", seed: int = 0):
         spec = VISUAL_FEATURES.get(name)
@@ -77,38 +194,34 @@ class VideoBackbone:
             video = sorted(k for k, v in VISUAL_FEATURES.items() if v.kind == "video")
             raise ValueError(f"unknown video backbone {name!r}; known: {video}")
         import torch
-        from torchvision.models import get_model
 
-        from models.clip import resolve_device
+        from models.clip import file_sha256, resolve_device
 
         self.name = name
         self.seed = seed
         self.device = torch.device(resolve_device(device))
-        self.min_frames = spec.min_frames
-        self._weights = _resolve_weights(name, weights)
-        self.weights: str | None = None if self._weights is None else self._weights.name
-
-        # Random init consumes the global RNG: seed it without disturbing the caller's RNG stream.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = get_model(name, weights=self._weights)
-        _drop_classifier(model)
-        self.model: nn.Module = model.eval().requires_grad_(False).to(self.device)
-
-        # Input geometry and normalisation from the weights' eval preset (the default weights when random).
-        preset = (self._weights or _weights_enum(name).DEFAULT).transforms()
-        self.input_size: int = int(preset.crop_size[0])
-        self.resize_short: int = int(min(preset.resize_size))
-        self._mean = tuple(float(m) for m in preset.mean)
-        self._std = tuple(float(s) for s in preset.std)
-        self.dim: int = int(spec.dim)  # every video entry of VISUAL_FEATURES states its dim
+        built = _BUILDERS[spec.family](spec, weights, seed)
+        self._weights_file = _local_file(name, weights) if is_weights_file(weights) else None
+        self._weights_sha256 = file_sha256(self._weights_file) if self._weights_file else None
+        self._url = built.url
+        self.weights: str | None = (None if weights is None else str(self._weights_file) if self._weights_file
+                                    else _resolve_weights(name, weights).name)
+        self.model: nn.Module = built.model.eval().requires_grad_(False).to(self.device)
+        self.min_frames = built.min_frames
+        self.input_size: int = built.input_size
+        self.resize_short: int = built.resize_short
+        self._mean = built.mean
+        self._std = built.std
+        self.dim: int = built.dim
 
     def identity(self) -> dict[str, Any]:
         identity: dict[str, Any] = {"backbone": self.name, "weights": self.weights, "input_size": self.input_size}
-        if self._weights is None:
+        if self._weights_file is not None:
+            identity["weights"] = {"file": self._weights_file.name, "sha256": self._weights_sha256}
+        elif self.weights is not None:
+            identity["url"] = self._url
+        elif VISUAL_FEATURES[self.name].family != "descriptor":
             identity["seed"] = self.seed  # random weights depend on the seed
-        else:
-            identity["url"] = self._weights.url
         return identity
 
     def fit_clips(self, clips: np.ndarray | torch.Tensor) -> torch.Tensor:

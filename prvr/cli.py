@@ -173,6 +173,28 @@ def synth_teacher(
     typer.echo(str(report))
 
 
+@app.command("synth-backbone")
+def synth_backbone(
+    out: Path = typer.Argument(..., help="folder for the weights file (OUT/tiny_r2plus1d.pt) and its report"),
+    seed: int = typer.Option(0, "--seed", help="seed of the pretraining world and of training"),
+    preset: str = typer.Option("demo", "--preset", help="world preset whose frame size, rate and actions the clips use"),
+    window: int = typer.Option(8, "--window", min=2, help="frames per clip: use the same as extract.window"),
+    stride: int = typer.Option(2, "--stride", min=1, help="frames between a clip's frames: extract.window_stride"),
+    epochs: int = typer.Option(8, "--epochs", min=1),
+    scenes: int = typer.Option(600, "--scenes", min=1, help="pretraining scenes (6 clips each)"),
+) -> None:
+    """Train the student's motion-aware input: a small (2+1)D network classifying the generator's actions
+    on clips of a pretraining world of its own (no video of any evaluation world)."""
+    from synth.backbone import train_synth_backbone
+
+    try:
+        report = train_synth_backbone(out, seed=seed, preset=preset, window=window, stride=stride, epochs=epochs,
+                                      train_scenes=scenes, log=typer.echo)
+    except ValueError as e:
+        _fail(str(e))
+    typer.echo(str(report))
+
+
 @stack_app.command("up")
 def stack_up(port: Optional[int] = typer.Option(None, help="server port (default 4200)")) -> None:
     """Start the server, create the work pool, apply the deployments, start one worker."""

@@ -45,20 +45,27 @@ class SplitData:
         return int(self.tokens.shape[-1])
 
     def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """Videos with all their queries; query_video indexes the batch's videos."""
+        """Videos with all their queries; query_video indexes the batch's videos.
+
+        Frames and tokens are cut to the batch's longest video and query (padding sits at the end and
+        is masked everywhere, so the outputs are those of the split-wide padding, at less cost)."""
         queries = np.concatenate([self.queries_by_video[v] for v in video_rows])
         position = {int(v): i for i, v in enumerate(video_rows)}
         query_video = torch.tensor([position[int(self.query_video[q])] for q in queries], dtype=torch.long)
         rows = torch.as_tensor(video_rows, dtype=torch.long)
         qrows = torch.as_tensor(queries, dtype=torch.long)
+        video_mask, token_mask = self.video_mask[rows], self.token_mask[qrows]
+        frames = max(1, int(video_mask.sum(1).max()))
+        tokens = max(1, int(token_mask.sum(1).max())) if len(qrows) else 1
         out = {
-            "video": self.video[rows].float(), "video_mask": self.video_mask[rows],
-            "tokens": self.tokens[qrows].float(), "token_mask": self.token_mask[qrows], "query_video": query_video,
+            "video": self.video[rows, :frames].float(), "video_mask": video_mask[:, :frames],
+            "tokens": self.tokens[qrows, :tokens].float(), "token_mask": token_mask[:, :tokens],
+            "query_video": query_video,
         }
         for key, scores in self.teacher_positive.items():
-            out[f"teacher:{key}"] = scores[qrows]
-        for key, (frames, sentences) in self.teacher_views.items():
-            out[f"teacher_frames:{key}"] = frames[rows].float()
+            out[f"teacher:{key}"] = scores[qrows, :frames]
+        for key, (frames_of_teacher, sentences) in self.teacher_views.items():
+            out[f"teacher_frames:{key}"] = frames_of_teacher[rows, :frames].float()
             out[f"teacher_sentences:{key}"] = sentences[qrows].float()
         return {k: v.to(device) for k, v in out.items()}
 

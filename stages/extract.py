@@ -54,11 +54,23 @@ def teacher_identity(spec: TeacherSpec) -> dict:
     return {"model": spec.model, "pretrained": spec.pretrained}
 
 
+def visual_weights_identity(weights: str | None) -> str | dict | None:
+    """A video backbone's weights without loading them: a name, or a local file's content hash."""
+    from models.clip import file_sha256
+    from models.visual import is_weights_file
+
+    if is_weights_file(weights) and Path(weights).is_file():
+        path = Path(weights)
+        return {"file": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
+    return weights
+
+
 def _extraction_settings(cfg: ExtractConfig) -> dict:
     # Only what changes the stored numbers; batch sizes, devices and workers do not.
     return {
         "layout": LAYOUT_VERSION, "fps": cfg.fps, "max_frames": cfg.max_frames, "visual": cfg.visual,
-        "window": cfg.window, "window_stride": cfg.window_stride, "visual_weights": cfg.visual_weights,
+        "window": cfg.window, "window_stride": cfg.window_stride,
+        "visual_weights": {k: visual_weights_identity(v) for k, v in sorted(cfg.visual_weights.items())},
         "teachers": [{"key": t.key, **teacher_identity(t)} for t in cfg.teacher], "seed": cfg.seed,
     }
 

@@ -148,6 +148,17 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def make_optimizer(model: torch.nn.Module, t: TrainConfig,
+                   total_steps: int) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
+    """The optimizer of train.optimizer and its learning-rate factor per step (for LambdaLR)."""
+    groups = _param_groups(model, t.weight_decay)
+    if t.optimizer == "bertadam":
+        from models.bert_adam import BertAdam, reference_warmup_linear
+
+        return BertAdam(groups, lr=t.lr), reference_warmup_linear(total_steps, t.warmup)
+    return torch.optim.AdamW(groups, lr=t.lr), _lr_lambda(total_steps, int(t.warmup * total_steps))
+
+
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
     state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in gens.items()}}
     if torch.cuda.is_available():
@@ -193,10 +204,10 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     torch.manual_seed(t.seed)
     gens = {"shuffle": torch.Generator().manual_seed(t.seed + 1), "negatives": torch.Generator().manual_seed(t.seed + 2)}
     model = DLDKDStudent(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, t.weight_decay), lr=t.lr)
     steps_per_epoch = math.ceil(len(train_data.video_ids) / t.batch_videos)
     total_steps = steps_per_epoch * t.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(t.warmup * total_steps)))
+    optimizer, lr_factor = make_optimizer(model, t, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
@@ -222,7 +233,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
             best, stale_epochs = dict(state["best"]), state["stale_epochs"]
             log.info("resuming %s from %s (epoch %d done)", cfg.name, path.name, start_epoch)
-    done_early = stale_epochs >= t.early_stop
+    done_early = stale_epochs > t.early_stop
     n_videos = len(train_data.video_ids)
     epochs_run = 0
     for epoch in range(start_epoch, t.epochs):
@@ -264,7 +275,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             stale_epochs = 0
         else:
             stale_epochs += 1
-        done_early = stale_epochs >= t.early_stop
+        done_early = stale_epochs > t.early_stop
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         if improved:
