@@ -1,21 +1,33 @@
-"""Does distillation help? DL-DKD against its ablations on one feature store, over seeds.
+"""Does distillation help, and which part? DL-DKD against its ablations on one feature store, over seeds.
 
-Variants (all on the same store and teacher cache, same settings otherwise):
-  dl-dkd            both branches, exponentially decaying distillation (the method)
-  exploration-only  one branch, no teacher at all
-  inheritance-only  one branch, distilled
-  constant-weight   both branches, static distillation weight (no decay)
-  dl-dkd-pp         dl-dkd plus the soft-target InfoNCE of the journal version (DL-DKD++)
-and the teacher alone, zero-shot. Prints test SumR per seed and mean +- std.
+Variants (same store, teacher cache and settings otherwise; each seed trains every variant):
+  dl-dkd              both branches, exponentially decaying distillation weight (the method)
+  exploration-only    one branch, no teacher at all
+  inheritance-only    one branch, distilled
+  constant-weight     both branches, static distillation weight (no decay)
+  increasing-weight   both branches, weight rising as 1 - w(e) (the paper's own ablation)
+  dl-dkd-pp           dl-dkd plus the soft-target InfoNCE of the journal version (DL-DKD++)
+  bertadam            dl-dkd trained with the reference code's BertAdam
+  clip-input          dl-dkd with the teacher's own frame embedding as the only student input
+  frame-diff-input    dl-dkd with [clip, frame_diff]: a parameter-free motion descriptor instead
+                      of the learned video network (needs frame_diff in extract.visual)
+and the teacher alone, zero-shot (deterministic: the same on every seed).
 
-Usage: python bench/ablation.py configs/demo.yaml [--seeds 0 1 2] [--set train.epochs=40 ...]
+Prints, per variant, mean +- std over seeds of R@1, R@5, R@10, R@100 and SumR, and paired
+differences (same seed) with 95% t-intervals for the comparisons the method's claims rest on.
+With --out, writes every run (metrics, best epoch, the distillation weight at the best epoch) as
+JSON and a plot of the best epoch against the decaying weight beside it.
+
+Usage: python bench/ablation.py configs/bench.yaml --seeds 0 1 2 3 4 [--variants ...] [--set k=v ...]
 Needs an extracted store (run the pipeline's extract stage first); builds the teacher cache.
+Runs are named <config name>-ablation-<variant>-s<seed>: a rerun resumes or reuses finished runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -25,65 +37,177 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs.schema import load_config, parse_override  # noqa: E402
-from stages.evaluate import evaluate_run  # noqa: E402
-from stages.teacher import build_teacher_cache, teacher_keys  # noqa: E402
-from stages.train import train  # noqa: E402
 
-VARIANTS = {
+METRICS = ("R@1", "R@5", "R@10", "R@100", "SumR")
+TEACHER = "teacher alone"
+VARIANTS: dict[str, dict] = {
     "dl-dkd": {},
     "exploration-only": {"train.branches": "exploration"},
     "inheritance-only": {"train.branches": "inheritance"},
     "constant-weight": {"train.schedule": "constant"},
+    "increasing-weight": {"train.increasing": True},
     "dl-dkd-pp": {"train.soft_infonce": True},
+    "bertadam": {"train.optimizer": "bertadam"},
+    "clip-input": {"train.visual": ["clip"]},
+    "frame-diff-input": {"train.visual": ["clip", "frame_diff"]},
 }
+DEFAULT_VARIANTS = ["dl-dkd", "exploration-only", "inheritance-only", "constant-weight", "increasing-weight",
+                    "dl-dkd-pp"]
+# (a, b): the paired difference a - b, per seed.
+COMPARISONS = [
+    ("dl-dkd", TEACHER), ("dl-dkd", "exploration-only"), ("dl-dkd", "inheritance-only"),
+    ("dl-dkd", "constant-weight"), ("dl-dkd", "increasing-weight"), ("dl-dkd-pp", "dl-dkd"),
+    ("bertadam", "dl-dkd"), ("dl-dkd", "clip-input"), ("dl-dkd", "frame-diff-input"),
+]
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t_quantile(df: int) -> float:
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of a - b over paired seeds and its 95% t-interval (lo, hi); a single pair has no interval."""
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean, std = mean_std(diffs)
+    if len(diffs) < 2:
+        return mean, math.nan, math.nan
+    half = t_quantile(len(diffs) - 1) * std / math.sqrt(len(diffs))
+    return mean, mean - half, mean + half
+
+
+def main_method(cfg) -> str:
+    return "DL-DKD student (fused)" if cfg.train.branches == "both" else f"{cfg.train.branches} branch"
+
+
+def run_variant(config: str, base_overrides: dict, variant: str, seed: int, base_name: str) -> dict:
+    from models.schedules import distillation_weight
+    from stages.evaluate import evaluate_run
+    from stages.train import train
+
+    overrides = {**base_overrides, **VARIANTS[variant], "train.seed": seed,
+                 "name": f"{base_name}-ablation-{variant}-s{seed}"}
+    cfg = load_config(config, overrides)
+    started = time.perf_counter()
+    summary = train(cfg)
+    metrics = evaluate_run(cfg)
+    methods = metrics["methods"]
+    t = cfg.train
+    best = summary["best_epoch"]
+    weight = (distillation_weight(t.schedule, best, total_epochs=t.epochs, base=t.schedule_base, increasing=t.increasing)
+              if t.branches != "exploration" else 0.0)
+    record = {"variant": variant, "seed": seed, **{m: methods[main_method(cfg)][m] for m in METRICS},
+              "best_epoch": best, "epochs": summary["epochs_done"], "weight_at_best": weight,
+              "seconds": round(time.perf_counter() - started, 1),
+              "teachers": {k: {m: v[m] for m in METRICS} for k, v in methods.items() if k.startswith("teacher")}}
+    if "inheritance branch" in methods and "exploration branch" in methods:
+        record["branches"] = {b: methods[f"{b} branch"]["SumR"] for b in ("inheritance", "exploration")}
+    return record
+
+
+def summarise(runs: list[dict], seeds: list[int]) -> dict:
+    """{variant: {metric: [value per seed]}}; the teacher alone from the runs' zero-shot rows."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
+        table.setdefault(r["variant"], {m: [] for m in METRICS})
+        for m in METRICS:
+            table[r["variant"]][m].append(r[m])
+    by_seed = {r["seed"]: r for r in runs if r["variant"] == runs[0]["variant"]}
+    teacher_rows = [next(iter(by_seed[s]["teachers"].values())) for s in seeds if by_seed.get(s, {}).get("teachers")]
+    if len(teacher_rows) == len(seeds):
+        table[TEACHER] = {m: [row[m] for row in teacher_rows] for m in METRICS}
+    return table
+
+
+def print_tables(table: dict, seeds: list[int], title: str) -> list[str]:
+    lines = [f"test metrics on {title}, seeds {seeds} (mean +- std over seeds)", "",
+             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for name, values in table.items():
+        cells = []
+        for m in METRICS:
+            mean, std = mean_std(values[m])
+            cells.append(f"{mean:.1f} +- {std:.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "per seed, SumR:", "| method | " + " | ".join(f"s{s}" for s in seeds) + " |",
+              "|---|" + "---|" * len(seeds)]
+    for name, values in table.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values["SumR"]) + " |")
+    lines += ["", "paired differences (same seed), mean [95% t-interval]:",
+              "| a - b | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for a, b in COMPARISONS:
+        if a not in table or b not in table or len(table[a]["SumR"]) != len(table[b]["SumR"]):
+            continue
+        cells = []
+        for m in METRICS:
+            mean, lo, hi = paired_interval(table[a][m], table[b][m])
+            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    print("\n".join(lines), flush=True)
+    return lines
+
+
+def plot_best_epochs(runs: list[dict], cfg, out: Path) -> None:
+    """The decaying weight over epochs, with each run's best (selected) epoch marked on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from models.schedules import distillation_weight
+
+    t = cfg.train
+    epochs = list(range(t.epochs))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for increasing, style in ((False, "-"), (True, "--")):
+        ax.plot(epochs, [distillation_weight(t.schedule, e, total_epochs=t.epochs, base=t.schedule_base,
+                                             increasing=increasing) for e in epochs], style, color="grey",
+                label=f"{'increasing' if increasing else 'decaying'} weight ({t.schedule})")
+    for variant, marker in (("dl-dkd", "o"), ("increasing-weight", "x"), ("constant-weight", "s")):
+        pts = [(r["best_epoch"], r["weight_at_best"]) for r in runs if r["variant"] == variant]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, label=f"best epoch, {variant}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("distillation weight")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out", default=None, help="write the table as JSON here")
+    parser.add_argument("--out", default=None, help="write every run and the tables as JSON here (and a plot)")
     args = parser.parse_args()
+
+    from stages.teacher import build_teacher_cache, teacher_keys
 
     base = load_config(args.config, args.overrides)
     for key in teacher_keys(base):
         for split in ("train", "val", "test"):
             build_teacher_cache(base, key, split)
-    results: dict[str, list[float]] = {v: [] for v in args.variants}
-    teacher_sumr: dict[str, float] = {}
-    detail = []
+    base_overrides = {".".join(k): v for k, v in map(parse_override, args.overrides)}
+    runs = []
     for seed in args.seeds:
         for variant in args.variants:
-            overrides = {**{".".join(k): v for k, v in map(parse_override, args.overrides)}, **VARIANTS[variant],
-                         "train.seed": seed, "name": f"{base.name}-ablation-{variant}-s{seed}"}
-            cfg = load_config(args.config, overrides)
-            started = time.perf_counter()
-            summary = train(cfg)
-            metrics = evaluate_run(cfg)
-            methods = metrics["methods"]
-            main_method = ("DL-DKD student (fused)" if cfg.train.branches == "both"
-                           else f"{cfg.train.branches} branch")
-            sumr = methods[main_method]["SumR"]
-            results[variant].append(sumr)
-            teacher_sumr.update({k: m["SumR"] for k, m in methods.items() if k.startswith("teacher")})
-            detail.append({"variant": variant, "seed": seed, "SumR": sumr, "best_epoch": summary["best_epoch"],
-                           "epochs": summary["epochs_done"], "seconds": round(time.perf_counter() - started, 1),
-                           **({"inheritance": methods["inheritance branch"]["SumR"],
-                               "exploration": methods["exploration branch"]["SumR"]}
-                              if "inheritance branch" in methods and "exploration branch" in methods else {})})
-            print(json.dumps(detail[-1]), flush=True)
-
-    print(f"\ntest SumR on {base.name}, seeds {args.seeds}")
-    print(f"{'method':28s} " + " ".join(f"{'s' + str(s):>7s}" for s in args.seeds) + f" {'mean':>7s} {'std':>6s}")
-    for name, value in teacher_sumr.items():
-        print(f"{name:28s} " + " ".join(f"{value:7.1f}" for _ in args.seeds) + f" {value:7.1f} {0.0:6.1f}")
-    for variant, values in results.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        print(f"{variant:28s} " + " ".join(f"{v:7.1f}" for v in values) + f" {statistics.mean(values):7.1f} {std:6.1f}")
+            runs.append(run_variant(args.config, base_overrides, variant, seed, base.name))
+            print(json.dumps(runs[-1]), flush=True)
+    table = summarise(runs, args.seeds)
+    lines = print_tables(table, args.seeds, base.name)
     if args.out:
-        Path(args.out).write_text(json.dumps({"teacher": teacher_sumr, "variants": results, "runs": detail}, indent=2))
+        out = Path(args.out)
+        out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
+                                   "table": table, "runs": runs, "lines": lines}, indent=2))
+        plot_best_epochs(runs, base, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

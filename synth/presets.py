@@ -69,6 +69,13 @@ PRESETS: dict[str, Preset] = {
         event_s=(2.0, 8.0), gap_s=1.0, decoys=(1, 2), distractors=(3, 5),
         coloured_distractors=False, default_videos=200,
     ),
+    # Benchmarks (not CI): the demo's videos, ten times as many, so that a 400-video test gallery
+    # leaves R@100 room to differ and a 200-video validation split makes model selection more than noise.
+    "bench": Preset(
+        name="bench", width=112, height=112, fps=10, duration_s=(20.0, 40.0), events=(2, 5),
+        event_s=(2.0, 8.0), gap_s=1.0, decoys=(1, 2), distractors=(3, 5),
+        coloured_distractors=False, default_videos=2000,
+    ),
     # Long videos, many events, and specks in the objects' own colours.
     "hard": Preset(
         name="hard", width=112, height=112, fps=10, duration_s=(60.0, 90.0), events=(4, 6),

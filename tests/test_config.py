@@ -96,8 +96,21 @@ def test_window_must_fit_the_video_backbone(tmp_path):
 def test_demo_and_example_configs_validate():
     from tests.conftest import ROOT
 
-    for name in ("demo.yaml", "example.yaml"):
+    for name in ("demo.yaml", "example.yaml", "bench.yaml"):
         load_config(ROOT / "configs" / name)
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert demo.train.visual == ["clip", "tiny_r2plus1d"]  # the student sees motion the teacher cannot
+    assert demo.extract.visual_weights["tiny_r2plus1d"] == str((ROOT / "data/backbone/tiny_r2plus1d.pt").resolve())
+
+
+def test_visual_weights_files_anchor_to_the_config_file_and_names_do_not(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["extract.visual=[clip, tiny_r2plus1d, r2plus1d_18]",
+                                              "extract.visual_weights={tiny_r2plus1d: w/tiny.pt, "
+                                              "r2plus1d_18: KINETICS400_V1}"])
+    assert cfg.extract.visual_weights == {"tiny_r2plus1d": str((tmp_path / "w/tiny.pt").resolve()),
+                                          "r2plus1d_18": "KINETICS400_V1"}
+    with pytest.raises(ConfigError, match=r"visual_weights names \['s3d'\], which extract.visual"):
+        load_config(write(tmp_path, BASE), ["extract.visual_weights={s3d: KINETICS400_V1}"])
 
 
 # ---- profiles and the shipped benchmark configs ------------------------------------------
@@ -111,6 +124,7 @@ def test_benchmark_configs_validate_in_both_routes(name):
     assert release.train.visual == [release.dataset.release.feature]
     assert release.extract.teacher[0].key == "vit-b-32-quickgelu-openai"  # the release importer's key
     assert (release.train.lr, release.train.hidden, release.train.fusion) == (2.5e-4, 384, 0.7)
+    assert release.train.optimizer == "bertadam"  # the reference code's
     assert release.train.margin == (0.1 if name == "tvr" else 0.2)
     videos = load_config(path, profile="videos")
     assert videos.dataset.release is None and videos.name == f"{name}-videos"
