@@ -44,19 +44,23 @@ class SplitData:
     def text_dim(self) -> int:
         return int(self.tokens.shape[-1])
 
-    def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu",
+              pad_to_batch: bool = True) -> dict[str, torch.Tensor]:
         """Videos with all their queries; query_video indexes the batch's videos.
 
         Frames and tokens are cut to the batch's longest video and query (padding sits at the end and
-        is masked everywhere, so the outputs are those of the split-wide padding, at less cost)."""
+        is masked everywhere, so the outputs are those of the split-wide padding, at less cost);
+        pad_to_batch=False keeps the split-wide padding (for comparisons)."""
         queries = np.concatenate([self.queries_by_video[v] for v in video_rows])
         position = {int(v): i for i, v in enumerate(video_rows)}
         query_video = torch.tensor([position[int(self.query_video[q])] for q in queries], dtype=torch.long)
         rows = torch.as_tensor(video_rows, dtype=torch.long)
         qrows = torch.as_tensor(queries, dtype=torch.long)
         video_mask, token_mask = self.video_mask[rows], self.token_mask[qrows]
-        frames = max(1, int(video_mask.sum(1).max()))
-        tokens = max(1, int(token_mask.sum(1).max())) if len(qrows) else 1
+        frames, tokens = video_mask.shape[1], token_mask.shape[1]
+        if pad_to_batch:
+            frames = max(1, int(video_mask.sum(1).max()))
+            tokens = max(1, int(token_mask.sum(1).max())) if len(qrows) else 1
         out = {
             "video": self.video[rows, :frames].float(), "video_mask": video_mask[:, :frames],
             "tokens": self.tokens[qrows, :tokens].float(), "token_mask": token_mask[:, :tokens],

@@ -209,3 +209,34 @@ def test_student_positions_cover_every_split_not_just_the_longest_training_video
     assert tr.student_config(cfg, data).max_frames == cfg.extract.max_frames
     capped = config(store_root, "positions", max_frames=9)
     assert tr.student_config(capped, load_split(capped, "train")).max_frames == 9
+
+
+def test_batches_cut_to_their_longest_video_and_query_give_the_same_loss(store_root):
+    """Padding to the batch's longest instead of the split's: the same loss (dropout off, so both
+    see the same random draws), with fewer frames and tokens to compute."""
+    from models.losses import LossWeights
+    from models.student import DLDKDStudent
+    from stages.data import load_split
+    from storage.features import FeatureStore
+
+    cfg = config(store_root, "pad", dropout=0.0, soft_infonce=True)
+    data = load_split(cfg, "train", [TEACHER_KEY], FeatureStore(cfg.store), teacher_views=[TEACHER_KEY])
+    torch.manual_seed(0)
+    model = DLDKDStudent(tr.student_config(cfg, data)).train()
+    weights = LossWeights(infonce=0.04, triplet_margin=0.2, hard_pool=3)
+    lengths = data.video_mask.sum(1).numpy()
+    rows = np.argsort(lengths)[:4]  # the shortest videos: the cut is real
+    short, full = data.batch(rows), data.batch(rows, pad_to_batch=False)
+    assert short["video"].shape[1] < full["video"].shape[1]
+    losses = [tr.batch_loss(model, b, cfg.train, [TEACHER_KEY], [TEACHER_KEY], weights, 0.1, (0.8, 0.8),
+                            torch.Generator().manual_seed(7))[0] for b in (short, full)]
+    assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+
+
+def test_bertadam_trains_and_resumes_like_adamw(store_root):
+    a = tr.train(config(store_root, "bert-a", optimizer="bertadam", epochs=2))
+    b = tr.train(config(store_root, "bert-b", optimizer="bertadam", epochs=2))
+    assert comparable(a["history"]) == comparable(b["history"])
+    adamw = tr.train(config(store_root, "bert-adamw", epochs=2))
+    assert comparable(a["history"]) != comparable(adamw["history"])
+    assert a["history"][0]["lr"] < 1e-3  # the reference schedule starts from zero
