@@ -266,17 +266,6 @@ def decode_video(
         return _decode_with_ffmpeg(path, fps, max_frames, short_side, window, stride)
 
 
-def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise DecodeError(f"{path}: file not found")
-    if not path.is_file():
-        raise DecodeError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
-        raise DecodeError(f"{path}: file is empty (0 bytes)")
-    with path.open("rb") as file:
-        _refuse_references(path, file.read(_HEAD_BYTES))
-
-
 _HEAD_BYTES = 1024
 # Text formats FFmpeg opens as media although they only name other files or streams,
 # by the way each starts (what FFmpeg's probes look for). decord's bundled FFmpeg
@@ -303,6 +292,17 @@ def _refuse_references(path: Path, head: bytes) -> None:
     for magic, what in _REFERENCE_STARTS:
         if start.startswith(magic):
             raise DecodeError(f"{path}: {what}, which points at other media; {_REFUSED}")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DecodeError(f"{path}: file not found")
+    if not path.is_file():
+        raise DecodeError(f"{path}: not a regular file")
+    if path.stat().st_size == 0:
+        raise DecodeError(f"{path}: file is empty (0 bytes)")
+    with path.open("rb") as file:
+        _refuse_references(path, file.read(_HEAD_BYTES))
 
 
 # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:123: ".
@@ -422,7 +422,7 @@ def _probe(path: Path, **options: Any) -> dict[str, Any]:
             raise DecodeError(f"{path}: a {demuxer} input, which points at other media; {_REFUSED}")
         return info
     with path.open("rb") as file:
-        head = file.read(1024)
+        head = file.read(_HEAD_BYTES)
     # ffprobe says "moov atom not found" for anything named .mp4; only a file that
     # starts like an MP4 is really a truncated one.
     if "moov atom not found" in stderr and _starts_like_mp4(head):
@@ -529,9 +529,11 @@ def _ffmpeg_frames(
     runs = _select_runs(wanted)
     expression = "+".join(f"between(n,{start},{end})" for start, end in runs)
     covered = sum(end - start + 1 for start, end in runs)
+    options: dict[str, Any] = {"threads": 1, **_LOCAL_ONLY}
+    if demuxer:  # pinned to the one probed (and vetted) before: a file swapped since cannot change it
+        options["format_whitelist"] = demuxer
     stream = (
-        # The demuxer pinned to the one probed (and vetted) before: a file swapped since cannot change it.
-        ffmpeg.input(os.path.abspath(path), threads=1, format_whitelist=demuxer, **_LOCAL_ONLY)[str(stream_index)]
+        ffmpeg.input(os.path.abspath(path), **options)[str(stream_index)]
         .filter("select", expression)
         # bilinear is what decord's scale uses: measured bit-identical frames to decord.
         .filter("scale", width, height, flags="bilinear")

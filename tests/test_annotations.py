@@ -515,6 +515,17 @@ def test_cli_activitynet(tmp_path, clip):
     assert "val_2.json" in cli("activitynet", "--help").output
 
 
+def test_cli_says_which_outside_folder_it_linked_and_allowed(tmp_path, clip):
+    videos = put_videos(tmp_path / "elsewhere", ["BW4QG"], clip)
+    out = tmp_path / "ds"
+    result = cli("charades", charades_release(tmp_path / "ann") / "charades_sta_test.txt", "--videos", videos,
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"linked {out.resolve()}/videos -> {videos.resolve()} (a folder outside the dataset root, allowed by " \
+           f"{out.resolve() / 'allowed_outside.json'})" in result.output.replace("\n", " ")
+    assert [v.video_id for v in load_manifest(out).videos] == ["BW4QG"]
+
+
 # ---------------------------------------------------------------------------- end to end
 
 

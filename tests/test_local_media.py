@@ -6,7 +6,6 @@ Real HLS playlists and concat scripts made with ffmpeg, real decord, a real Zarr
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -88,7 +88,7 @@ def tiny_run_config(tmp_path: Path) -> Path:
 
 @pytest.mark.slow  # starts `prvr run` (imports Prefect, starts a server), then kills it
 @pytest.mark.skipif(not has_ffmpeg(), reason="needs the system ffmpeg")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_prvr_run_takes_its_api_server_with_it(tmp_path, sig):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1")
@@ -150,7 +150,8 @@ def test_stack_down_leaves_alone_a_process_whose_start_time_differs(tmp_path, by
     said = []
     stack.down(where, echo=said.append)
     assert bystander.poll() is None
-    assert f"{where.pid_file('worker')} is stale: pid {bystander.pid} now belongs to another process; left alone" in said
+    stale_file = where.pid_file("worker")
+    assert f"{stale_file} is stale: pid {bystander.pid} now belongs to another process; left alone" in said
     assert not where.pid_file("worker").exists()
 
 
