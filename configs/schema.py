@@ -6,12 +6,15 @@ The same models type the Prefect flow parameters. Key names under `extract`,
 
 from __future__ import annotations
 
+import codecs
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 _SLUG = re.compile(r"[^a-z0-9]+")
 
@@ -68,7 +71,7 @@ class DatasetConfig(_Strict):
 
 class ExtractConfig(_Strict):
     shard_size: int = Field(default=64, ge=1)
-    fps: float = Field(default=1.0, gt=0)
+    fps: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     max_frames: int = Field(default=128, ge=1)
     teacher: list[TeacherSpec] = Field(default_factory=lambda: [TeacherSpec(model="ViT-B-32-quickgelu", pretrained="openai")])
     visual: list[str] = Field(default_factory=lambda: ["clip"])
@@ -214,6 +217,14 @@ class RunConfig(_Strict):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
+    @field_validator("store")
+    @classmethod
+    def _store_is_not_the_dataset_root(cls, v: str, info: ValidationInfo) -> str:
+        dataset = info.data.get("dataset")  # validated before `store` (field order)
+        if dataset is not None and "://" not in v and _same_path(Path(v), dataset.root):
+            raise ValueError(f"the store must not be the dataset root itself ({v}); e.g. {v.rstrip('/')}/features.zarr")
+        return v
+
     @model_validator(mode="after")
     def _train_inputs_are_extracted(self) -> RunConfig:
         release = self.dataset.release
@@ -249,6 +260,10 @@ class RunConfig(_Strict):
             if p and ("/" in p or Path(p).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}):
                 teacher["pretrained"] = str(_anchor(Path(p), base))
         return RunConfig.model_validate(data)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.normpath(a.expanduser()) == os.path.normpath(b.expanduser())
 
 
 def _anchor(p: Path, base: Path) -> Path:
@@ -289,12 +304,80 @@ def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
     return data
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+KeyLines = dict[tuple, int]  # key path (("extract", "fps"), ("extract", "teacher", 0, "model")) -> YAML line
+
+
+def format_validation_error(err: ValidationError, source: str, key_lines: KeyLines | None = None,
+                            overridden: frozenset[tuple] = frozenset()) -> str:
+    """Every problem on its own line, led by `file:line:` of its key (or `--set`) where known."""
+    out = [f"invalid config {source}:"]
+    name = Path(source).name
     for e in err.errors():
-        where = ".".join(str(x) for x in e["loc"]) or "<top>"
-        lines.append(f"  - {where}: {e['msg']}")
-    return "\n".join(lines)
+        loc = tuple(e["loc"])
+        where = ".".join(str(x) for x in loc) or "<top>"
+        origin = ""
+        for end in range(len(loc), 0, -1):  # the nearest key written somewhere
+            if loc[:end] in overridden:
+                origin = "--set: "
+                break
+            if key_lines and loc[:end] in key_lines:
+                origin = f"{name}:{key_lines[loc[:end]]}: "
+                break
+        out.append(f"  - {origin}{where}: {e['msg']}")
+    return "\n".join(out)
+
+
+def _read_yaml(path: Path) -> tuple[Any, KeyLines]:
+    """The YAML document of `path` and the line of every mapping key in it. Raises ConfigError
+    for bytes that are not UTF-8, invalid YAML and a key repeated in one mapping (YAML would
+    silently keep the last), each with its line."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line, column = data.count(b"\n", 0, e.start) + 1, e.start - data.rfind(b"\n", 0, e.start)
+        raise ConfigError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} in column {column})") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        key_lines: KeyLines = {}
+        if root is not None:
+            _check_keys(root, (), key_lines, path)
+        return (loader.construct_document(root) if root is not None else None), key_lines
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_keys(node: yaml.Node, at: tuple, key_lines: KeyLines, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # not a config key (pydantic refuses it)
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"{path}:{line}: duplicate key {'.'.join(map(str, at + (key,)))!r} "
+                                  f"(first on line {first[key]})")
+            first[key] = line
+            key_lines[at + (key,)] = line
+            _check_keys(value_node, at + (key,), key_lines, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_keys(item, at + (index,), key_lines, path)
+
+
+def _profile_lines(key_lines: KeyLines, profile: str | None) -> KeyLines:
+    """Key lines after merging `profile`: its keys are where the merged values come from."""
+    if profile is None:
+        return key_lines
+    prefix = ("profiles", profile)
+    merged = {k: v for k, v in key_lines.items() if k[0] != "profiles"}
+    merged.update({k[2:]: v for k, v in key_lines.items() if k[:2] == prefix and len(k) > 2})
+    return merged
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -323,16 +406,18 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    data, key_lines = _read_yaml(path)
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping at the top level")
     data = apply_profile(data, profile, str(path))
-    data = apply_overrides(data, overrides or [])
+    key_lines = _profile_lines(key_lines, profile)
+    overrides = overrides or []
+    data = apply_overrides(data, overrides)
+    keys = overrides if isinstance(overrides, dict) else [".".join(parse_override(o)[0]) for o in overrides]
+    overridden = frozenset(tuple(k.split(".")) for k in keys)
     try:
-        cfg = RunConfig.model_validate(data)
+        # Validated as written, then again with paths anchored to the config file.
+        return RunConfig.model_validate(data).resolve_paths(path.resolve().parent)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path))) from None
-    return cfg.resolve_paths(path.resolve().parent)
+        raise ConfigError(format_validation_error(e, str(path), key_lines, overridden)) from None

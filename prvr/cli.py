@@ -61,8 +61,10 @@ def run(
         _fail(f"unknown stage(s) {unknown}; known: {ALL_STAGES}")
     from configs.schema import parse_override
     from flows.pipeline import prvr_flow
+    from prvr.stack import use_ephemeral_api
 
     flat = {".".join(keys): value for keys, value in map(parse_override, set_ or [])}
+    use_ephemeral_api()  # instead of Prefect's own: this one dies with us, even on kill -9
     state = prvr_flow(str(config.resolve()), stages=stages or None, overrides=flat, profile=profile,
                       return_state=True)
     if not state.is_completed():

@@ -36,6 +36,7 @@ def _summary(report: dict) -> None:
 def _run(dataset: str, annotations: Path, videos: Path, out: Path, val_fraction: float, seed: int,
          strict: bool, force: bool, fail: Callable[[str], None]) -> None:
     from stages.annotations import REPORT_FILE, AnnotationError, plan_import, write_import
+    from stages.manifest import OUTSIDE_FILE
 
     typer.echo(f"reading the {dataset} annotations in {annotations}")
     try:
@@ -47,7 +48,8 @@ def _run(dataset: str, annotations: Path, videos: Path, out: Path, val_fraction:
         return
     _summary(plan.report)
     if plan.report["videos_link"]:
-        typer.echo(f"linked {plan.out}/{plan.report['videos_link']}")
+        typer.echo(f"linked {plan.out}/{plan.report['videos_link']} (a folder outside the dataset root, "
+                   f"allowed by {plan.out / OUTSIDE_FILE})")
     typer.secho(f"wrote {len(plan.videos):,} videos and {len(plan.queries):,} queries to {plan.out} "
                 f"(details in {REPORT_FILE})", fg=typer.colors.GREEN)
     typer.echo("next: set dataset.root to that folder in a run config and run `prvr run CONFIG --stages extract`")

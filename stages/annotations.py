@@ -29,7 +29,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE, iter_jsonl
+from stages.manifest import (OUTSIDE_FILE, QUERIES_FILE, SPLITS, VIDEOS_FILE, iter_jsonl, iter_lines,
+                             outside_folders, read_text)
 
 DATASETS = ("tvr", "activitynet", "charades")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order when a stem has several
@@ -238,8 +239,11 @@ def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> in
 
 def _parse_activitynet(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
     name = rf.path.name
+    text = read_text(rf.path, parsed.problems)
+    if text is None:
+        return 0
     try:
-        data = json.loads(rf.path.read_text(encoding="utf-8-sig"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         parsed.problems.append(f"{name}:{e.lineno}: not valid JSON ({e.msg})")
         return 0
@@ -293,31 +297,26 @@ def _activitynet_video(rf: ReleaseFile, vid: str, entry: object, where: str, par
 def _parse_charades(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
     per_video: Counter[str] = Counter()  # k in "{vid}#{k}": the video's sentences in file order
     records = 0
-    with rf.path.open(encoding="utf-8-sig") as f:
-        n = 0
-        for n, line in enumerate(f, 1):
-            if progress is not None and n % PROGRESS_EVERY == 0:
-                progress(rf.path.name, n)
-            if not line.strip():
-                continue
-            where = f"{rf.path.name}:{n}"
-            head, sep, sentence = line.partition("##")
-            fields, text = head.split(), _text(sentence)
-            if not sep or len(fields) != 3 or text is None:
-                parsed.problems.append(f"{where}: expected `<video_id> <start> <end>##<sentence>`, got {line.strip()!r}")
-                continue
-            vid, start, end = fields[0], _text_number(fields[1]), _text_number(fields[2])
-            if start is None or end is None:
-                parsed.problems.append(f"{where}: start and end must be numbers, got {fields[1]!r} {fields[2]!r}")
-                continue
-            checked = _moment(start, end, None, where, parsed.problems)
-            if checked is None or not parsed.add_video(vid, rf.split, None, rf.path.name, where):
-                continue
-            parsed.add_query(RawQuery(f"{vid}#{per_video[vid]}", vid, text, checked[0], checked[1]), where)
-            per_video[vid] += 1
-            records += 1
-    if progress is not None:
-        progress(rf.path.name, n)
+    report = None if progress is None else (lambda n: progress(rf.path.name, n))
+    for n, line in iter_lines(rf.path, parsed.problems, PROGRESS_EVERY, report):
+        if not line.strip():
+            continue
+        where = f"{rf.path.name}:{n}"
+        head, sep, sentence = line.partition("##")
+        fields, text = head.split(), _text(sentence)
+        if not sep or len(fields) != 3 or text is None:
+            parsed.problems.append(f"{where}: expected `<video_id> <start> <end>##<sentence>`, got {line.strip()!r}")
+            continue
+        vid, start, end = fields[0], _text_number(fields[1]), _text_number(fields[2])
+        if start is None or end is None:
+            parsed.problems.append(f"{where}: start and end must be numbers, got {fields[1]!r} {fields[2]!r}")
+            continue
+        checked = _moment(start, end, None, where, parsed.problems)
+        if checked is None or not parsed.add_video(vid, rf.split, None, rf.path.name, where):
+            continue
+        parsed.add_query(RawQuery(f"{vid}#{per_video[vid]}", vid, text, checked[0], checked[1]), where)
+        per_video[vid] += 1
+        records += 1
     return records
 
 
@@ -330,12 +329,12 @@ def parse_release(dataset: str, files: list[ReleaseFile], progress: Progress | N
     """Read every release file; raise AnnotationError listing all problems in all files."""
     parsed = Parsed()
     for rf in files:
-        # Files are read as "utf-8-sig": a byte-order mark left by an editor must not glue
-        # itself to the first video id. Undecodable bytes are a problem of the file, not a crash.
+        # The parsers skip a byte-order mark left by an editor (it must not glue itself to
+        # the first video id) and report lines that are not UTF-8 with their line number.
         try:
             records = _PARSERS[dataset](rf, parsed, progress)
-        except (UnicodeDecodeError, OSError) as e:
-            parsed.problems.append(f"{rf.path.name}: cannot be read as UTF-8 text ({e})")
+        except OSError as e:
+            parsed.problems.append(f"{rf.path.name}: cannot be read ({e})")
             continue
         parsed.sources.append({"file": rf.path.name, "path": str(rf.path.resolve()), "split": rf.split,
                                "queries": records})
@@ -581,12 +580,25 @@ def _link_videos(out: Path, target: Path, force: bool) -> None:
     os.replace(tmp, link)  # atomic, also when replacing an old link
 
 
+def _outside_folders_text(out: Path, target: Path, force: bool) -> str:
+    """OUTSIDE_FILE allowing the videos link's target, beside the folders it already allows."""
+    problems: list[str] = []
+    folders = outside_folders(out, problems)
+    if problems and not force:
+        raise _problems_error(f"{out / OUTSIDE_FILE} is unreadable; fix it, or pass --force to replace it", problems)
+    listed = [str(f) for f in (folders if not problems else [])]
+    if str(target) not in listed:
+        listed.append(str(target))
+    return json.dumps({"folders": listed}, indent=2, ensure_ascii=False) + "\n"
+
+
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
 def write_import(plan: ImportPlan, force: bool = False) -> None:
-    """Write the manifest, the report and the videos link under the dataset root.
+    """Write the manifest, the report and the videos link under the dataset root; with the
+    link, OUTSIDE_FILE names its target, so the manifest's rule on links lets it through.
 
     Every file is written under a temporary name first. videos.jsonl is the commit
     point: an old one is removed before the other files are renamed into place and
@@ -596,11 +608,12 @@ def write_import(plan: ImportPlan, force: bool = False) -> None:
     """
     check_out(plan.out, force)
     plan.out.mkdir(parents=True, exist_ok=True)
-    if plan.link_target is not None:
-        _link_videos(plan.out, plan.link_target, force)
     texts = {QUERIES_FILE: _jsonl(plan.queries),
-             REPORT_FILE: json.dumps(plan.report, indent=2, ensure_ascii=False) + "\n",
-             VIDEOS_FILE: _jsonl(plan.videos)}  # last: the commit point
+             REPORT_FILE: json.dumps(plan.report, indent=2, ensure_ascii=False) + "\n"}
+    if plan.link_target is not None:
+        texts[OUTSIDE_FILE] = _outside_folders_text(plan.out, plan.link_target, force)
+        _link_videos(plan.out, plan.link_target, force)
+    texts[VIDEOS_FILE] = _jsonl(plan.videos)  # last: the commit point
     temps: dict[str, Path] = {}
     try:
         for name, text in texts.items():

@@ -9,13 +9,19 @@ batch decoding runs in worker processes that are killed when they overrun a time
 
 Frame indices are the contract between the two backends: a sample is "frame i of the
 stream in presentation order", and ``SamplePlan`` turns a sampling rate into such
-indices from the stream's frame count and average frame rate alone.
+indices from the stream's frame count and average frame rate, or, for a variable
+frame rate, from the frames' own timestamps (both backends read the same ones: the
+container's packet timestamps in presentation order).
+
+Only media files are decoded: playlists and scripts that name other files (HLS,
+ffmpeg concat, SDP, DASH, ...) are refused before either backend opens them, since
+decoding one would read files the manifest never listed (see ``_refuse_references``).
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -39,6 +45,8 @@ import decord
 import ffmpeg
 import numpy as np
 
+from stages.processes import die_with_parent
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "decord", "ffmpeg"]
@@ -59,7 +67,16 @@ _TAIL_SLACK_S = 0.5
 _MAX_SELECT_TERMS = 256
 # A fresh worker must import numpy/decord; a generous bound, independent of timeout_s.
 _WORKER_BOOT_TIMEOUT_S = 120.0
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# A stream counts as constant-rate when every frame's timestamp lies within half a
+# frame of index / avg_fps; such videos keep the index arithmetic (exact, and what
+# they always got). Beyond that the frames' own timestamps are used.
+_CFR_TOLERANCE_FRAMES = 0.5
+# Frame timestamps this close after a sample time count as "at" it: float32
+# timestamps (decord) and microsecond ones (ffprobe) of the same frame differ by less.
+_TIMESTAMP_EPS_S = 1e-4
+# Set in decode workers: decord's C++ logging writes "ERROR opening ..." to fd 2
+# whatever its log level; the worker reports the error itself, once.
+_silence_native_stderr = False
 
 
 class DecodeError(Exception):
@@ -75,7 +92,7 @@ class _BackendFailure(Exception):
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy fields make generated __eq__ ambiguous
 class SamplePlan:
-    times: np.ndarray  # (T,) float32 seconds of the decoded samples (= index / avg_fps)
+    times: np.ndarray  # (T,) float32 seconds of the decoded samples from the first frame
     indices: np.ndarray  # (T,) int64 centre frame index of each sample
     windows: np.ndarray | None  # (T, window) int64 clip frame indices, or None
 
@@ -104,13 +121,20 @@ def plan_samples(
     max_frames: int,
     window: int | None = None,
     stride: int = 1,
+    timestamps: np.ndarray | None = None,
 ) -> SamplePlan:
     """Sample at `fps` per second: n = max(1, floor(duration*fps)) samples at times
     (k+0.5)/fps, duration = num_frames/avg_fps. If n > max_frames, resample uniformly
     to max_frames times (j+0.5)*duration/max_frames. Frame index =
-    min(floor(t*avg_fps), num_frames-1). Window: `window` frames spaced `stride` apart,
-    centred on the sample's index (for even window, offsets -w/2*stride ..
-    (w/2-1)*stride), clipped to [0, num_frames-1]."""
+    min(floor(t*avg_fps), num_frames-1), the sample's time index/avg_fps.
+
+    `timestamps` (seconds, one per frame in presentation order, any origin) replace
+    that arithmetic when they show a variable frame rate (see `frame_times`): the
+    sample is then the last frame whose timestamp is at or before t, and its time is
+    that frame's timestamp from the first frame.
+
+    Window: `window` frames spaced `stride` apart, centred on the sample's index (for
+    even window, offsets -w/2*stride .. (w/2-1)*stride), clipped to [0, num_frames-1]."""
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if not (math.isfinite(avg_fps) and avg_fps > 0):
@@ -123,14 +147,37 @@ def plan_samples(
         sample_times = (np.arange(count, dtype=np.float64) + 0.5) / fps
     else:
         sample_times = (np.arange(max_frames, dtype=np.float64) + 0.5) * (duration / max_frames)
-    indices = np.minimum(np.floor(sample_times * avg_fps + _FLOOR_EPS), num_frames - 1).astype(np.int64)
-    times = (indices / avg_fps).astype(np.float32)
+    variable = None if timestamps is None else frame_times(timestamps, avg_fps)
+    if variable is None:
+        indices = np.minimum(np.floor(sample_times * avg_fps + _FLOOR_EPS), num_frames - 1).astype(np.int64)
+        times = (indices / avg_fps).astype(np.float32)
+    else:
+        if len(variable) != num_frames:
+            raise ValueError(f"{len(variable)} timestamps for {num_frames} frames")
+        at_or_before = np.searchsorted(variable, sample_times + _TIMESTAMP_EPS_S, side="right") - 1
+        indices = np.clip(at_or_before, 0, num_frames - 1).astype(np.int64)
+        times = variable[indices].astype(np.float32)
 
     windows = None
     if window is not None:
         offsets = (np.arange(window, dtype=np.int64) - window // 2) * stride
         windows = np.clip(indices[:, None] + offsets[None, :], 0, num_frames - 1)
     return SamplePlan(times=times, indices=indices, windows=windows)
+
+
+def frame_times(timestamps: np.ndarray, avg_fps: float) -> np.ndarray | None:
+    """Each frame's time from the first frame (float64 seconds, increasing) when the
+    timestamps show a variable frame rate; None when they fit a constant rate of
+    `avg_fps` within half a frame, or are unusable (missing, repeated), so index /
+    avg_fps holds."""
+    stamps = np.asarray(timestamps, dtype=np.float64)
+    if stamps.ndim != 1 or len(stamps) < 2 or not np.isfinite(stamps).all():
+        return None
+    relative = np.sort(stamps) - stamps.min()
+    if not (np.diff(relative) > 0).all():
+        return None  # e.g. a container without timestamps: every frame reads the same
+    drift = np.abs(relative - np.arange(len(relative)) / avg_fps).max()
+    return None if drift <= _CFR_TOLERANCE_FRAMES / avg_fps else relative
 
 
 # ------------------------------------------------------------------ decoded video
@@ -219,6 +266,34 @@ def decode_video(
         return _decode_with_ffmpeg(path, fps, max_frames, short_side, window, stride)
 
 
+_HEAD_BYTES = 1024
+# Text formats FFmpeg opens as media although they only name other files or streams,
+# by the way each starts (what FFmpeg's probes look for). decord's bundled FFmpeg
+# takes no options, so this check, before either backend opens the file, is what
+# keeps it to the file itself.
+_REFERENCE_STARTS = (
+    (b"#EXTM3U", "an HLS playlist (#EXTM3U)"),
+    (b"ffconcat", "an ffmpeg concat script (ffconcat)"),
+    (b"v=0", "an SDP stream description (v=0)"),
+    (b"<?xml", "an XML document (a DASH or IMF manifest?)"),
+    (b"<MPD", "a DASH manifest (<MPD>)"),
+)
+# Demuxers that read other files or network streams: refused on the ffmpeg path,
+# should one get past the check above (named as ffprobe's format_name lists them).
+_REFERENCE_DEMUXERS = frozenset(
+    {"hls", "applehttp", "concat", "dash", "imf", "sdp", "rtsp", "rtp", "avisynth", "vapoursynth"}
+)
+_REFUSED = "only media files themselves are decoded; list the media file in the manifest"
+
+
+def _refuse_references(path: Path, head: bytes) -> None:
+    """DecodeError for a playlist, script or manifest that names other media."""
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip()  # a byte-order mark, blank lines
+    for magic, what in _REFERENCE_STARTS:
+        if start.startswith(magic):
+            raise DecodeError(f"{path}: {what}, which points at other media; {_REFUSED}")
+
+
 def _check_file(path: Path) -> None:
     if not path.exists():
         raise DecodeError(f"{path}: file not found")
@@ -226,6 +301,8 @@ def _check_file(path: Path) -> None:
         raise DecodeError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise DecodeError(f"{path}: file is empty (0 bytes)")
+    with path.open("rb") as file:
+        _refuse_references(path, file.read(_HEAD_BYTES))
 
 
 # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:123: ".
@@ -244,23 +321,44 @@ def _as_numpy(array: Any) -> np.ndarray:
     return array.asnumpy() if hasattr(array, "asnumpy") else np.asarray(array)
 
 
+@contextlib.contextmanager
+def _native_stderr_quiet() -> Iterator[None]:
+    """In decode workers, point fd 2 at /dev/null for the duration (see _silence_native_stderr)."""
+    if not _silence_native_stderr:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _decode_with_decord(
     path: Path, fps: float, max_frames: int, short_side: int | None, window: int | None, stride: int
 ) -> DecodedVideo:
+    source = os.path.abspath(path)  # never read as "protocol:..." by FFmpeg
     try:
-        reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        num_frames = len(reader)
-        avg_fps = float(reader.get_avg_fps())
-        if num_frames < 1 or not (math.isfinite(avg_fps) and avg_fps > 0):
-            raise _BackendFailure(f"reports {num_frames} frames at {avg_fps} fps")
-        # Frame 0 gives the size decord outputs (after any rotation it applies).
-        native_height, native_width = _as_numpy(reader[0]).shape[:2]
-        height, width = output_size(native_height, native_width, short_side)
-        if (height, width) != (native_height, native_width):
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1, width=width, height=height)
-        plan = plan_samples(num_frames, avg_fps, fps, max_frames, window, stride)
-        wanted = plan.needed_indices()
-        frames = _as_numpy(reader.get_batch(wanted.tolist()))
+        with _native_stderr_quiet():
+            reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+            num_frames = len(reader)
+            avg_fps = float(reader.get_avg_fps())
+            if num_frames < 1 or not (math.isfinite(avg_fps) and avg_fps > 0):
+                raise _BackendFailure(f"reports {num_frames} frames at {avg_fps} fps")
+            timestamps = _as_numpy(reader.get_frame_timestamp(np.arange(num_frames)))[:, 0]
+            # Frame 0 gives the size decord outputs (after any rotation it applies).
+            native_height, native_width = _as_numpy(reader[0]).shape[:2]
+            height, width = output_size(native_height, native_width, short_side)
+            if (height, width) != (native_height, native_width):
+                reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1, width=width, height=height)
+            plan = plan_samples(num_frames, avg_fps, fps, max_frames, window, stride, timestamps)
+            wanted = plan.needed_indices()
+            frames = _as_numpy(reader.get_batch(wanted.tolist()))
     except _BackendFailure:
         raise
     except Exception as error:  # decord raises DECORDError, RuntimeError, IndexError...
@@ -287,6 +385,8 @@ class _VideoStream:
     avg_fps: float
     height: int  # as displayed, after rotation metadata
     width: int
+    demuxer: str  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    timestamps: np.ndarray | None  # (num_frames,) packet timestamps in seconds, or None if unknown
 
 
 # Top-level ISO-BMFF (MP4/MOV) box types that can open a real file.
@@ -305,22 +405,31 @@ def _looks_like_text(head: bytes) -> bool:
     return all(char.isprintable() or char.isspace() for char in text)
 
 
-def _probe(path: Path) -> dict[str, Any]:
+# Input options for every ffprobe/ffmpeg run: local files only, no network or other protocols.
+_LOCAL_ONLY = {"protocol_whitelist": "file"}
+
+
+def _probe(path: Path, **options: Any) -> dict[str, Any]:
     try:
-        return ffmpeg.probe(str(path))
+        info = ffmpeg.probe(os.path.abspath(path), **_LOCAL_ONLY, **options)
     except FileNotFoundError:
         raise RuntimeError("ffprobe is not installed (needed to decode videos decord cannot read)") from None
     except ffmpeg.Error as error:
         stderr = error.stderr.decode("utf-8", "replace")
+    else:
+        demuxer = info.get("format", {}).get("format_name", "")
+        if set(demuxer.split(",")) & _REFERENCE_DEMUXERS:
+            raise DecodeError(f"{path}: a {demuxer} input, which points at other media; {_REFUSED}")
+        return info
     with path.open("rb") as file:
-        head = file.read(1024)
+        head = file.read(_HEAD_BYTES)
     # ffprobe says "moov atom not found" for anything named .mp4; only a file that
     # starts like an MP4 is really a truncated one.
     if "moov atom not found" in stderr and _starts_like_mp4(head):
         raise DecodeError(f"{path}: truncated or incomplete MP4 (its index, the moov atom, is missing)")
     if _looks_like_text(head):
         raise DecodeError(f"{path}: a text file, not a video")
-    reason = _one_line(stderr).replace(f"{path}: ", "")
+    reason = _one_line(stderr).replace(f"{os.path.abspath(path)}: ", "").replace(f"{path}: ", "")
     raise DecodeError(f"{path}: not a video file, or unreadable (ffprobe: {reason})")
 
 
@@ -354,23 +463,39 @@ def _video_stream(path: Path) -> _VideoStream:
     avg_fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
     if avg_fps <= 0:
         raise DecodeError(f"{path}: video stream has no frame rate")
-    num_frames = int(stream.get("nb_frames") or 0)
-    if num_frames < 1:
-        # Matroska/WebM do not store a frame count; counting packets only demuxes.
-        try:
-            counted = ffmpeg.probe(str(path), count_packets=None, select_streams=str(stream["index"]))
-            num_frames = int(counted["streams"][0].get("nb_read_packets") or 0)
-        except (ffmpeg.Error, LookupError, ValueError):
-            num_frames = 0  # estimate from the duration below
+    packet_times = _packet_times(path, stream["index"])
+    # Matroska/WebM store no frame count; the packet listing (demuxing only) has one.
+    num_frames = int(stream.get("nb_frames") or 0) or len(packet_times)
     if num_frames < 1:
         duration = float(stream.get("duration") or info.get("format", {}).get("duration") or 0)
         num_frames = math.floor(duration * avg_fps + 0.5)
     if num_frames < 1:
         raise DecodeError(f"{path}: video stream has no frames")
+    timestamps = None
+    if len(packet_times) == num_frames and None not in packet_times:
+        # float32, as decord reports them, so both backends compare the same numbers.
+        timestamps = np.array(packet_times, dtype=np.float32)
     height, width = int(stream["height"]), int(stream["width"])
     if _rotation(stream) % 180 != 0:
         height, width = width, height
-    return _VideoStream(stream["index"], num_frames, avg_fps, height, width)
+    demuxer = info.get("format", {}).get("format_name", "")
+    return _VideoStream(stream["index"], num_frames, avg_fps, height, width, demuxer, timestamps)
+
+
+def _packet_times(path: Path, stream_index: int) -> list[float | None]:
+    """Timestamps (seconds) of the stream's packets in file order, None for a packet without
+    one; [] if they cannot be listed. Demuxes only, like decord's own index of a video."""
+    try:
+        listing = _probe(path, select_streams=str(stream_index), show_entries="packet=pts_time")
+    except DecodeError:
+        return []
+    times: list[float | None] = []
+    for packet in listing.get("packets", []):
+        try:
+            times.append(float(packet["pts_time"]))
+        except (KeyError, ValueError):
+            times.append(None)
+    return times
 
 
 def _select_runs(wanted: np.ndarray, max_terms: int = _MAX_SELECT_TERMS) -> list[tuple[int, int]]:
@@ -398,14 +523,17 @@ def _read_exactly(pipe: Any, buffer: memoryview) -> bool:
 
 
 def _ffmpeg_frames(
-    path: Path, stream_index: int, wanted: np.ndarray, height: int, width: int
+    path: Path, stream_index: int, demuxer: str, wanted: np.ndarray, height: int, width: int
 ) -> tuple[np.ndarray, int, str]:
     """Decode `wanted` frame indices; returns (frames, how many decoded, ffmpeg's errors)."""
     runs = _select_runs(wanted)
     expression = "+".join(f"between(n,{start},{end})" for start, end in runs)
     covered = sum(end - start + 1 for start, end in runs)
+    options: dict[str, Any] = {"threads": 1, **_LOCAL_ONLY}
+    if demuxer:  # pinned to the one probed (and vetted) before: a file swapped since cannot change it
+        options["format_whitelist"] = demuxer
     stream = (
-        ffmpeg.input(str(path), threads=1)[str(stream_index)]
+        ffmpeg.input(os.path.abspath(path), **options)[str(stream_index)]
         .filter("select", expression)
         # bilinear is what decord's scale uses: measured bit-identical frames to decord.
         .filter("scale", width, height, flags="bilinear")
@@ -446,9 +574,9 @@ def _decode_with_ffmpeg(
 ) -> DecodedVideo:
     stream = _video_stream(path)
     height, width = output_size(stream.height, stream.width, short_side)
-    plan = plan_samples(stream.num_frames, stream.avg_fps, fps, max_frames, window, stride)
+    plan = plan_samples(stream.num_frames, stream.avg_fps, fps, max_frames, window, stride, stream.timestamps)
     wanted = plan.needed_indices()
-    frames, decoded, stderr = _ffmpeg_frames(path, stream.index, wanted, height, width)
+    frames, decoded, stderr = _ffmpeg_frames(path, stream.index, stream.demuxer, wanted, height, width)
     if decoded == 0:
         detail = _one_line(stderr) if stderr.strip() else "no frames came out"
         raise DecodeError(f"{path}: no decodable video frames (ffmpeg: {detail})")
@@ -517,33 +645,21 @@ def _decode_request(request: DecodeRequest) -> DecodedVideo | DecodeFailure:
         return DecodeFailure(request.key, f"{request.path}: unexpected {type(error).__name__}: {_one_line(str(error))}")
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Have the kernel SIGKILL this process when its parent dies (Linux only).
-
-    A worker stuck in a decoder loop cannot notice on its own that the parent was
-    killed. The signal is tied to the parent *thread* that started us, which is why
-    only the pool's dispatcher thread (alive as long as the pool) starts workers.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
-    """Worker process: decode requests one at a time until told to stop."""
-    _die_with_parent(parent_pid)
+    """Worker process: decode requests one at a time until told to stop.
+
+    The kernel kills it if the parent dies, even mid-hang (the signal follows the parent
+    *thread* that started it, which is why only the pool's dispatcher thread starts workers).
+    """
+    global _silence_native_stderr
+    die_with_parent(parent_pid)
     try:
         # Own process group, so a kill also takes any ffmpeg child with it.
         os.setpgrp()
     except OSError:
         pass
-    decord.logging.set_level(decord.logging.QUIET)  # bad files would flood stderr
+    decord.logging.set_level(decord.logging.QUIET)  # quiets FFmpeg's own log ...
+    _silence_native_stderr = True  # ... but not decord's C++ "ERROR opening" lines
     conn.send(("ready", os.getpid()))
     while True:
         try:

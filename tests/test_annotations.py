@@ -246,6 +246,21 @@ def test_a_linked_videos_folder_loads(tmp_path, clip):
     out = tmp_path / "ds"
     import_("charades", charades_release(tmp_path / "ann") / "charades_sta_test.txt", videos, out)
     assert [v.video_id for v in load_manifest(out).videos] == ["BW4QG"]
+    # The link leads outside the root; what lets it through is the folder the import allowed.
+    assert json.loads((out / "allowed_outside.json").read_text()) == {"folders": [str(videos.resolve())]}
+    (out / "allowed_outside.json").unlink()
+    with pytest.raises(ManifestError, match="leads outside the dataset root through a link"):
+        load_manifest(out)
+
+
+def test_a_new_videos_folder_is_allowed_beside_those_already_listed(tmp_path, clip):
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "allowed_outside.json").write_text(json.dumps({"folders": ["/srv/other-videos"]}))
+    videos = put_videos(tmp_path / "elsewhere", ["BW4QG"], clip)
+    import_("charades", charades_release(tmp_path / "ann") / "charades_sta_test.txt", videos, out)
+    assert json.loads((out / "allowed_outside.json").read_text()) == {
+        "folders": ["/srv/other-videos", str(videos.resolve())]}
 
 
 def test_missing_videos_are_dropped_with_their_queries_and_reported(tmp_path, clip):
@@ -359,8 +374,24 @@ def test_byte_order_marks_are_ignored_and_binary_files_reported(tmp_path):
     (ann / "charades_sta_test.txt").write_bytes("BW4QG 1 2##a sentence\n".encode("utf-8-sig"))
     assert an.parse_release("charades", an.release_files("charades", ann)[0]).queries[0].query_id == "BW4QG#0"
     (ann / "charades_sta_train.txt").write_bytes(bytes(range(128, 256)))
-    with pytest.raises(an.AnnotationError, match="charades_sta_train.txt: cannot be read as UTF-8"):
+    with pytest.raises(an.AnnotationError, match=r"charades_sta_train.txt:1: not UTF-8 \(byte 0x80 in column 1\)"):
         an.parse_release("charades", an.release_files("charades", ann)[0])
+
+
+def test_lines_that_are_not_utf8_are_reported_with_their_line(tmp_path):
+    ann = tmp_path / "ann"
+    tvr_release(ann, test_public=False)
+    with open(ann / "tvr_val_release.jsonl", "ab") as f:
+        f.write('{"desc_id": 9100, "desc": "Zoë waves.", "vid_name": "x", "ts": [1, 2]}\n'.encode("latin-1"))
+    anet = tmp_path / "anet"
+    anet.mkdir()
+    text = json.dumps(ANET["train.json"], indent=1).replace("He stops.", "Il s'arr\u00eate.")
+    line = text[:text.index("arr")].count("\n") + 1
+    (anet / "train.json").write_bytes(text.encode("latin-1"))
+    for dataset, folder, where in [("tvr", ann, "tvr_val_release.jsonl:3"), ("activitynet", anet, f"train.json:{line}")]:
+        with pytest.raises(an.AnnotationError, match=rf"{where}: not UTF-8 \(byte 0x") as e:
+            an.parse_release(dataset, an.release_files(dataset, folder)[0])
+        assert "Traceback" not in str(e.value)
 
 
 def test_the_problem_list_is_capped(tmp_path):
@@ -482,6 +513,17 @@ def test_cli_activitynet(tmp_path, clip):
     assert result.exit_code == 0, result.output
     assert {q.split for q in load_manifest(out).queries} == {"train", "val", "test"}
     assert "val_2.json" in cli("activitynet", "--help").output
+
+
+def test_cli_says_which_outside_folder_it_linked_and_allowed(tmp_path, clip):
+    videos = put_videos(tmp_path / "elsewhere", ["BW4QG"], clip)
+    out = tmp_path / "ds"
+    result = cli("charades", charades_release(tmp_path / "ann") / "charades_sta_test.txt", "--videos", videos,
+                 "--out", out)
+    assert result.exit_code == 0, result.output
+    assert f"linked {out.resolve()}/videos -> {videos.resolve()} (a folder outside the dataset root, allowed by " \
+           f"{out.resolve() / 'allowed_outside.json'})" in result.output.replace("\n", " ")
+    assert [v.video_id for v in load_manifest(out).videos] == ["BW4QG"]
 
 
 # ---------------------------------------------------------------------------- end to end

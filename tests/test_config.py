@@ -145,3 +145,42 @@ def test_profiles_merge_over_the_file_and_overrides_come_last(tmp_path):
     assert load_config(cfg, ["train.epochs=2"], profile="quick").train.epochs == 2
     with pytest.raises(ConfigError, match=r"has no profile 'slow'; profiles: \['quick'\]"):
         load_config(cfg, profile="slow")
+
+
+# ---- bad input at the door: each refused with its line ------------------------------------
+def test_bytes_that_are_not_utf8_name_the_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(BASE.encode() + "# réglages\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    line = BASE.count("\n") + 1
+    assert str(e.value) == f"{path}:{line}: not UTF-8 (byte 0xe9 in column 4)"
+
+
+def test_a_repeated_key_names_both_lines(tmp_path):
+    path = write(tmp_path, BASE + "  fps: 2\n  max_frames: 8\n  fps: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    first = BASE.count("\n") + 1
+    assert str(e.value) == f"{path}:{first + 2}: duplicate key 'extract.fps' (first on line {first})"
+    # The same key in different mappings, and a key beside a YAML merge that brings it, are fine.
+    load_config(write(tmp_path, BASE + "  visual: [clip]\ntrain: {visual: [clip]}\n"))
+    merged = BASE + "profiles:\n  one: &one {name: one, train: {epochs: 1}}\n  two: {<<: *one, name: two}\n"
+    assert load_config(write(tmp_path, merged), profile="two").name == "two"
+
+
+@pytest.mark.parametrize("fps", [".inf", "-.inf", ".nan"])
+def test_fps_must_be_a_finite_number(tmp_path, fps):
+    with pytest.raises(ConfigError, match="extract.fps") as e:
+        load_config(write(tmp_path, BASE + f"  fps: {fps}\n"))
+    assert f"run.yaml:{BASE.count(chr(10)) + 1}: extract.fps:" in str(e.value)
+    with pytest.raises(ConfigError, match=r"--set: extract.fps:"):
+        load_config(write(tmp_path, BASE), [f"extract.fps={fps}"])
+
+
+@pytest.mark.parametrize("store", ["data", "./data/", "{root}"])
+def test_the_store_cannot_be_the_dataset_root(tmp_path, store):
+    text = BASE.replace("store: data/features.zarr", f"store: {store.format(root=tmp_path / 'data')}")
+    with pytest.raises(ConfigError, match="the store must not be the dataset root itself") as e:
+        load_config(write(tmp_path, text))
+    assert "run.yaml:4: store:" in str(e.value)

@@ -9,6 +9,7 @@ cannot pass the "same frames" checks below.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -33,7 +34,7 @@ from stages.decode import (
     output_size,
     plan_samples,
 )
-from tests.videos import av1_encoder, frame_gray_level, make_broken, make_video
+from tests.videos import av1_encoder, frame_gray_level, make_broken, make_video, run_ffmpeg
 
 SECONDS = 8
 FPS = 10  # of the test videos: 80 frames each, 160x120
@@ -476,3 +477,136 @@ def test_shared_pool_is_reused_until_settings_change():
         assert second is not first and first.closed and not second.closed
     finally:
         get_decode_pool(workers=1, timeout_s=31).close()
+
+
+# ------------------------------------------------------------ variable frame rate
+
+# (colour, seconds, fps) of each part of a variable-frame-rate video, in order.
+VFR_PARTS = [("red", 4, 25), ("green", 8, 2), ("blue", 2, 25)]
+VFR_RGB = {"red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255)}
+
+
+def make_vfr_video(path: Path) -> tuple[Path, list[float], list[str]]:
+    """Concatenated parts at 25, 2 and 25 fps, muxed with their own timestamps (-fps_mode vfr).
+    Returns the path, each frame's timestamp and colour as made."""
+    inputs, stamps, colours, start = [], [], [], 0.0
+    for colour, seconds, rate in VFR_PARTS:
+        inputs += ["-f", "lavfi", "-i", f"color={colour}:size=64x48:rate={rate}:duration={seconds}"]
+        stamps += [start + k / rate for k in range(seconds * rate)]
+        colours += [colour] * (seconds * rate)
+        start += seconds
+    chain = "".join(f"[{i}]" for i in range(len(VFR_PARTS))) + f"concat=n={len(VFR_PARTS)}:v=1:a=0"
+    run_ffmpeg([*inputs, "-filter_complex", chain, "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+                str(path)])
+    return path, stamps, colours
+
+
+def colour_of(frame: np.ndarray) -> str:
+    mean = frame.reshape(-1, 3).mean(axis=0)
+    return min(VFR_RGB, key=lambda name: np.abs(mean - VFR_RGB[name]).sum())
+
+
+@pytest.mark.parametrize("backend", ["decord", "ffmpeg"])
+def test_variable_frame_rate_samples_the_frames_at_their_own_times(tmp_path, backend):
+    path, stamps, colours = make_vfr_video(tmp_path / "vfr.mp4")
+    decoded = decode_video(path, fps=1.0, max_frames=64, short_side=None, backend=backend)
+    assert decoded.duration == pytest.approx(sum(seconds for _, seconds, _ in VFR_PARTS), abs=0.1)
+    targets = np.arange(math.floor(decoded.duration)) + 0.5
+    # The frame shown at each target time: the last one whose timestamp is at or before it.
+    expected = [max(i for i, stamp in enumerate(stamps) if stamp <= target + 1e-9) for target in targets]
+    assert decoded.plan.indices.tolist() == expected
+    np.testing.assert_allclose(decoded.plan.times, [stamps[i] for i in expected], atol=1e-3)
+    assert [colour_of(frame) for frame in decoded.samples()] == [colours[i] for i in expected]
+
+
+def test_variable_frame_rate_backends_agree(tmp_path):
+    path, _, _ = make_vfr_video(tmp_path / "vfr.mp4")
+    by_decord = decode_video(path, 2.0, 10, 32, window=3, stride=2, backend="decord")
+    by_ffmpeg = decode_video(path, 2.0, 10, 32, window=3, stride=2, backend="ffmpeg")
+    np.testing.assert_array_equal(by_ffmpeg.frame_indices, by_decord.frame_indices)
+    np.testing.assert_array_equal(by_ffmpeg.plan.times, by_decord.plan.times)
+    np.testing.assert_array_equal(by_ffmpeg.plan.windows, by_decord.plan.windows)
+    difference = np.abs(by_ffmpeg.frames.astype(np.int16) - by_decord.frames.astype(np.int16))
+    assert difference.mean() < MAX_BACKEND_MEAN_ABS_DIFF
+
+
+def test_timestamps_of_a_constant_rate_keep_the_index_arithmetic():
+    jittered = np.arange(100) / 10.0 + np.where(np.arange(100) % 2, 0.004, -0.004)  # within half a frame
+    cfr = plan_samples(num_frames=100, avg_fps=10.0, fps=1.0, max_frames=100)
+    with_stamps = plan_samples(num_frames=100, avg_fps=10.0, fps=1.0, max_frames=100, timestamps=jittered + 7.0)
+    np.testing.assert_array_equal(with_stamps.indices, cfr.indices)
+    np.testing.assert_array_equal(with_stamps.times, cfr.times)
+    stalled = np.r_[np.arange(50) / 10.0, 5.0 + 3.0 + np.arange(50) / 10.0]  # a 3 s gap after frame 49
+    plan = plan_samples(num_frames=100, avg_fps=10.0, fps=1.0, max_frames=100, timestamps=stalled)
+    assert plan.indices.tolist()[:5] == cfr.indices.tolist()[:5]
+    assert plan.indices.tolist()[5:8] == [49, 49, 49]  # 5.5-7.5 s: the gap shows frame 49 (at 4.9 s)
+    assert plan.indices[8] == 55 and plan.times[8] == pytest.approx(8.5)  # frame 50 came at 8.0 s
+
+
+# ------------------------------------------------------------ local media files only
+
+
+def make_hls_outside(root: Path, outside: Path) -> Path:
+    """An HLS playlist saved as root/videos/x.mp4 whose segments lie in `outside`."""
+    make_video(outside / "secret.mp4", 3, fps=FPS, size=(64, 48), pattern="frame_gray")
+    run_ffmpeg(["-i", str(outside / "secret.mp4"), "-c", "copy", "-f", "hls", "-hls_time", "1",
+                "-hls_list_size", "0", str(outside / "list.m3u8")])
+    lines = (outside / "list.m3u8").read_text().splitlines()
+    playlist = root / "videos" / "x.mp4"
+    playlist.parent.mkdir(parents=True, exist_ok=True)
+    playlist.write_text("".join((line if line.startswith("#") else str(outside / line)) + "\n" for line in lines))
+    return playlist
+
+
+def make_concat_script(root: Path) -> Path:
+    """An ffmpeg concat script, named like a video, naming another video beside it."""
+    make_video(root / "videos" / "other.mp4", 2, fps=FPS, size=(64, 48))
+    script = root / "videos" / "joined.mp4"
+    script.write_text("ffconcat version 1.0\nfile 'other.mp4'\nfile 'other.mp4'\n")
+    return script
+
+
+@pytest.mark.parametrize("backend", ["auto", "decord", "ffmpeg"])
+def test_playlists_and_concat_scripts_are_refused(tmp_path, backend):
+    hls = make_hls_outside(tmp_path / "root", tmp_path / "outside")
+    concat = make_concat_script(tmp_path / "root")
+    with pytest.raises(DecodeError, match=r"an HLS playlist \(#EXTM3U\), which points at other media; only media"):
+        decode_video(hls, fps=1.0, max_frames=8, backend=backend)
+    with pytest.raises(DecodeError, match=r"an ffmpeg concat script \(ffconcat\), which points at other media"):
+        decode_video(concat, fps=1.0, max_frames=8, backend=backend)
+
+
+def test_the_ffmpeg_path_refuses_reference_demuxers_past_the_first_check(tmp_path):
+    from stages.decode import _video_stream
+
+    hls = make_hls_outside(tmp_path / "root", tmp_path / "outside")
+    with pytest.raises(DecodeError, match=r"a hls input, which points at other media"):
+        _video_stream(hls)  # what the ffmpeg path probes, here without the check on the first bytes
+
+
+NOISE_SCRIPT = """
+import sys
+from stages.decode import DecodeFailure, DecodePool, DecodeRequest
+
+if __name__ == "__main__":
+    with DecodePool(workers=1, timeout_s=120) as pool:
+        for request, result in pool.imap([DecodeRequest(p, p, 1.0, 4, 32, None, 1) for p in sys.argv[1:]]):
+            print(result.error if isinstance(result, DecodeFailure) else f"{request.key}: decoded", flush=True)
+"""
+
+
+def test_decode_workers_keep_decords_error_lines_off_the_terminal(tmp_path):
+    paths = [make_broken(kind, tmp_path / f"{kind}.mp4") for kind in ("text", "garbage", "truncated")]
+    good = make_video(tmp_path / "good.mp4", 2, fps=FPS, size=(64, 48))
+    script = tmp_path / "noise.py"
+    script.write_text(NOISE_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script), *map(str, paths), str(good)], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ERROR opening" not in done.stderr and "video_reader.cc" not in done.stderr, done.stderr
+    said = done.stdout.splitlines()
+    assert said == [f"{paths[0]}: a text file, not a video",
+                    f"{paths[1]}: not a video file, or unreadable (ffprobe: Invalid data found when processing input)",
+                    f"{paths[2]}: truncated or incomplete MP4 (its index, the moov atom, is missing)",
+                    f"{good}: decoded"]
