@@ -142,8 +142,8 @@ def status(
     """Every stage's state under the current config: the store's writer, each shard (committed, stale,
     failed, missing, corrupt) and text split, the teacher caches, training and evaluation.
 
-    Exit code 0 when every stage checked (--stages; default all) is complete and current, 1 when one is
-    not (a rerun would do work), 2 when the config or dataset is invalid.
+    Exit codes: 0 when every checked stage (--stages, default all) is complete and current;
+    1 when one is not (a rerun would do work); 2 when the config or the dataset is invalid.
     """
     from stages.status import STAGES, pipeline_status
 

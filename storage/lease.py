@@ -121,11 +121,11 @@ class LeaseInfo:
 class _LeaseFiles:
     """The lease files of one store, through the store's own key-value interface."""
 
-    def __init__(self, location: str):
+    def __init__(self, location: str, read_only: bool = False):
         from zarr.core.buffer import default_buffer_prototype
 
         self.location = location
-        self._store = zarr_store(location)
+        self._store = zarr_store(location, read_only=read_only)
         self._prototype = default_buffer_prototype()
 
     def _sync(self, coroutine):
@@ -172,13 +172,13 @@ class _LeaseFiles:
 
 def current_lease(location: str) -> LeaseInfo | None:
     """The store's lease as it stands (for `prvr status`); None when nobody holds one."""
-    found = _LeaseFiles(location).current()
+    found = _LeaseFiles(location, read_only=True).current()
     return found[1] if found else None
 
 
 def check_holder(location: str, token: str) -> None:
     """Raise LeaseLost unless the lease `token` is still the store's current lease (a read, never a write)."""
-    found = _LeaseFiles(location).current()
+    found = _LeaseFiles(location, read_only=True).current()
     holder = found[1] if found else None
     if holder is None or holder.token != token:
         now = f"now held by {holder.describe()}" if holder else "no longer held"

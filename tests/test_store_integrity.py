@@ -21,7 +21,6 @@ from configs.schema import load_config
 from storage.features import FeatureStore, StoreError, shard_name
 from tests.test_extract import write_config, write_dataset
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +71,7 @@ def chunk_file(store: str, shard: int, array: str) -> Path:
     return Path(store) / "videos" / shard_name(shard) / array / "c" / "0" / "0"
 
 
+@pytest.mark.slow
 def test_a_shrunken_manifest_keeps_committed_shards_until_pruning_is_asked_for(prefect_server, tmp_path):
     root = write_dataset(tmp_path / "ds", broken=False)
     path, _ = extracted(tmp_path, root)
@@ -97,6 +97,7 @@ def test_a_shrunken_manifest_keeps_committed_shards_until_pruning_is_asked_for(p
     assert status(path, "--stages", "extract").exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_deleted_chunk_is_named_refused_by_readers_and_redone(prefect_server, tmp_path, dataset):
     path, teacher = extracted(tmp_path, dataset)
     store = load_config(path).store
@@ -116,6 +117,7 @@ def test_a_deleted_chunk_is_named_refused_by_readers_and_redone(prefect_server, 
     assert status(path, "--stages", "extract", "--verify").exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_chunk_corrupted_in_place_is_named_found_by_verify_and_redone(prefect_server, tmp_path, dataset):
     path, teacher = extracted(tmp_path, dataset)
     store = load_config(path).store
@@ -144,6 +146,7 @@ def test_a_chunk_corrupted_in_place_is_named_found_by_verify_and_redone(prefect_
     assert status(path, "--stages", "extract", "--verify").exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_torn_text_split_metadata_reads_as_not_committed_and_is_redone(prefect_server, tmp_path, dataset):
     path, _ = extracted(tmp_path, dataset)
     store = load_config(path).store
@@ -173,6 +176,7 @@ def full_config(tmp_path: Path, root: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_status_shows_every_stage_and_exits_1_until_all_are_complete(prefect_server, tmp_path, dataset, monkeypatch):
     from stages.evaluate import evaluate_run
     from stages.teacher import build_teacher_cache
@@ -221,3 +225,28 @@ def test_status_shows_every_stage_and_exits_1_until_all_are_complete(prefect_ser
     report = json.loads(out.output)
     assert out.exit_code == 1 and report["stages"]["train"]["complete"]
     assert report["stages"]["evaluate"]["state"] == "stale"
+
+
+def test_a_release_whose_plan_shrank_keeps_committed_shards_until_pruned(tmp_path):
+    from stages import release as rel
+    from storage.features import ShardsBeyondPlan
+    from tests.release_fixtures import make_release
+
+    tiny = make_release(tmp_path / "release")
+    location = str(tmp_path / "store.zarr")
+
+    def plan(shard_size: int):
+        return rel.open_release(rel.ImportSettings(root=tiny.folder, collection=tiny.collection, feature="i3d_resnet",
+                                                   shard_size=shard_size, max_frames=16, max_tokens=12))
+
+    rel.run_import(plan(5), location)
+    shards = FeatureStore(location).committed_shards()
+    bigger = plan(100)  # one shard now
+    with pytest.raises(ShardsBeyondPlan, match=r"beyond the 1 shard\(s\).*rerun with --prune-shards") as refused:
+        rel.run_import(bigger, location)
+    assert refused.value.shards == shards[1:]
+    assert FeatureStore(location).committed_shards() == shards
+    assert not rel.import_status(bigger, FeatureStore(location))["complete"]
+    summary = rel.run_import(bigger, location, prune=True)
+    assert summary["complete"] and summary["dropped"] == shards[1:]
+    assert FeatureStore(location).committed_shards() == [0]

@@ -92,6 +92,7 @@ extract_flow_for(cfg)(cfg)
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_stops_naming_the_first_and_takes_over_once_it_died(prefect_server, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
@@ -242,3 +243,23 @@ def test_status_json_shows_a_dead_owner_as_gone(tmp_path):
     lease = json.loads(out.output)["lease"]
     assert lease["pid"] == holder.pid and not lease["alive"]
     assert f"process {holder.pid} no longer runs" in lease["dead_because"]
+
+
+def test_lease_and_damage_checks_work_on_an_fsspec_url():
+    import fsspec
+
+    from storage.lease import StoreBusy, StoreLease, current_lease
+
+    location = f"memory://prvr-test-{os.getpid()}/s.zarr"
+    with StoreLease(location, "url run") as lease:
+        with pytest.raises(StoreBusy, match="url run"):
+            StoreLease(location, "second").acquire()
+        writer = FeatureStore(location, mode="a", lease_token=lease.token).begin_shard(0, {"teacher.t": 4})
+        writer.add_video("a", "train", 2.0, np.array([0.5, 1.5], dtype=np.float32),
+                         {"teacher.t": np.ones((2, 4), dtype=np.float32)})
+        writer.commit("fp")
+    assert current_lease(location) is None
+    assert FeatureStore(location).shard_status(0, "fp").state == "committed"
+    fsspec.filesystem("memory").rm(f"/prvr-test-{os.getpid()}/s.zarr/videos/shard-00000/teacher.t/c/0/0")
+    status = FeatureStore(location).shard_status(0, "fp")
+    assert status.state == "corrupt" and status.problems == ["teacher.t: chunk c/0/0 missing"]
