@@ -108,7 +108,8 @@ def _extract(config: RunConfig, lease_token: str) -> dict:
     missing = [r for r in rows if r["state"] != "committed"]
     text_missing = [s for s, state in status["text"].items() if state != "committed"]
     if missing or text_missing:
-        detail = "; ".join(f"shard {r['shard']} ({r['state']}: {r['error'] or r['note'] or 'no error recorded'})" for r in missing)
+        detail = "; ".join(f"shard {r['shard']} ({r['state']}: {r['error'] or r['note'] or 'no error recorded'})"
+                           for r in missing)
         if text_missing:
             detail += f"; text splits not committed: {text_missing}"
         raise ExtractionIncomplete(f"{len(missing)} of {len(plans)} shards not committed: {detail}")

@@ -65,8 +65,9 @@ def teacher_status(cfg: RunConfig, store: FeatureStore | None, extract_complete:
                 state, note = "missing", str(e)
             else:
                 note = None
-            caches.append({"teacher": key, "split": split, "state": state,
-                           "committed_at": cache.committed_at(key, split) if state != "missing" else None, "note": note})
+            committed_at = cache.committed_at(key, split) if state != "missing" else None
+            caches.append({"teacher": key, "split": split, "state": state, "committed_at": committed_at,
+                           "note": note})
     absent = [k for k in teacher_keys(cfg) if k not in teachers]
     complete = extract_complete and all(c["state"] == "committed" for c in caches)
     done = sum(c["state"] == "committed" for c in caches)

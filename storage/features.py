@@ -400,7 +400,8 @@ class FeatureStore:
         """A shard's state; `verify` also compares a committed shard's objects with its commit's record."""
         return self.shard_statuses({index: fingerprint}, verify)[index]
 
-    def shard_statuses(self, fingerprints: dict[int, str | None], verify: Level | None = "sizes") -> dict[int, ShardStatus]:
+    def shard_statuses(self, fingerprints: dict[int, str | None],
+                       verify: Level | None = "sizes") -> dict[int, ShardStatus]:
         """The state of each shard in `fingerprints` (index -> expected fingerprint, None: any), checked
         against their commits' records at level `verify` with one listing of the store."""
         sizes: dict[str, int] | None = None

@@ -221,7 +221,8 @@ class StoreLease:
             previous = None
             if found is not None:
                 generation, previous = found
-                reason = previous.dead_because(self.expire_s) if previous is not None else "its lease file is unreadable"
+                reason = (previous.dead_because(self.expire_s) if previous is not None
+                          else "its lease file is unreadable")
                 if previous is not None and reason is None:
                     raise StoreBusy(
                         f"the store {self.location} is being written by {previous.describe()}. One writer per "
