@@ -101,7 +101,8 @@ def train_status(cfg: RunConfig, store: FeatureStore | None) -> dict[str, Any]:
     if checkpoint.get("config_fingerprint") != expected:
         return {**info, "state": "stale", "complete": False,
                 "summary": f"{path.name} was trained under another config or other data in the store"}
-    finished = epochs >= cfg.train.epochs or int(checkpoint.get("stale_epochs", 0)) >= cfg.train.early_stop
+    # The train stage's own stopping rule (stages/train.py, `done_early`): more than early_stop stale epochs.
+    finished = epochs >= cfg.train.epochs or int(checkpoint.get("stale_epochs", 0)) > cfg.train.early_stop
     if not best_checkpoint(paths).is_file():
         return {**info, "state": "incomplete", "complete": False, "summary": f"no {best_checkpoint(paths).name}"}
     summary = f"epoch {epochs} of {cfg.train.epochs}" + ("" if epochs >= cfg.train.epochs else
