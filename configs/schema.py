@@ -92,6 +92,12 @@ class ExtractConfig(_Strict):
         "offline), e.g. {tiny_r2plus1d: data/backbone/tiny_r2plus1d.pt}; absent = random init"
     )
     seed: int = 0
+    prune_shards: bool = Field(
+        default=False, description="delete committed shards beyond the current manifest (it shrank); "
+                                   "without it such shards stop the run and are named")
+    verify: Literal["sizes", "checksums"] = Field(
+        default="sizes", description="how committed shards are checked before they are skipped: sizes (one "
+                                     "listing) or checksums (reads the whole store); damaged ones are redone")
 
     @model_validator(mode="after")
     def _window_fits_backbones(self) -> ExtractConfig:

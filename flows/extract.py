@@ -12,6 +12,7 @@ from flows import runners
 from stages import extract as ex
 from stages.manifest import load_manifest
 from storage.features import FeatureStore
+from storage.lease import StoreLease
 
 
 class ExtractionIncomplete(RuntimeError):
@@ -19,7 +20,7 @@ class ExtractionIncomplete(RuntimeError):
 
 
 @task(name="extract-shard", task_run_name="extract-shard-{plan.index:05d}", retry_delay_seconds=2)
-def extract_shard_task(config: RunConfig, plan: ex.ShardPlan, fp: str) -> dict:
+def extract_shard_task(config: RunConfig, plan: ex.ShardPlan, fp: str, lease_token: str) -> dict:
     logger = get_run_logger()
     step = max(1, len(plan.videos) // 10)
 
@@ -28,7 +29,7 @@ def extract_shard_task(config: RunConfig, plan: ex.ShardPlan, fp: str) -> dict:
             logger.info("shard %d: %d/%d videos decoded", plan.index, done, total)
 
     try:
-        result = ex.extract_shard(plan, config, fp, progress)
+        result = ex.extract_shard(plan, config, fp, progress, lease_token=lease_token)
     except Exception as e:
         FeatureStore(config.store, mode="a").record_shard_failure(plan.index, f"{type(e).__name__}: {e}")
         raise
@@ -39,9 +40,9 @@ def extract_shard_task(config: RunConfig, plan: ex.ShardPlan, fp: str) -> dict:
 
 
 @task(name="extract-text", task_run_name="extract-text-{split}")
-def extract_text_task(config: RunConfig, split: str, fp: str) -> int:
+def extract_text_task(config: RunConfig, split: str, fp: str, lease_token: str) -> int:
     manifest = load_manifest(config.dataset.root)
-    n = ex.extract_text(manifest, split, config, fp)
+    n = ex.extract_text(manifest, split, config, fp, lease_token=lease_token)
     get_run_logger().info("text %s committed: %d queries", split, n)
     return n
 
@@ -57,18 +58,27 @@ def _table_rows(status: dict, ran: set[int]) -> list[dict]:
 
 @flow(name="extract", log_prints=True)
 def extract_flow(config: RunConfig) -> dict:
+    # One writer per store: this run holds the store's lease (heartbeat in this process) until it ends;
+    # shard tasks, wherever they run, only check that it is still this run's before they write.
+    with StoreLease(config.store, purpose=f"extract stage of run {config.name}") as lease:
+        if lease.took_over:
+            get_run_logger().warning("took over the store's lease from %s: its owner is gone",
+                                     lease.took_over.owner)
+        return _extract(config, lease.token)
+
+
+def _extract(config: RunConfig, lease_token: str) -> dict:
     logger = get_run_logger()
     manifest = load_manifest(config.dataset.root)
-    plans = ex.plan_shards(manifest, config.extract.shard_size)
-    store = FeatureStore(config.store, mode="a")
-    store.invalidate_consolidated()
-    dropped = store.drop_shards_from(len(plans))
-    if dropped:
-        logger.info("removed shards %s beyond the current manifest", dropped)
-    fps = {p.index: ex.shard_fingerprint(p, config.extract, manifest.root) for p in plans}
-    todo = [p for p in plans if store.shard_status(p.index, fps[p.index]).state != "committed"]
-    text_fps = {s: ex.text_fingerprint(manifest, s, config.extract) for s in manifest.splits()}
-    text_todo = [s for s, fp in text_fps.items() if store.text_status(s, fp) != "committed"]
+    store = FeatureStore(config.store, mode="a", lease_token=lease_token)
+    work = ex.begin_extraction(config, manifest, store)
+    plans, fps, todo = work.plans, work.fingerprints, work.shards
+    if work.dropped:
+        logger.warning("removed shard groups %s beyond the current manifest%s", work.dropped,
+                       " (extract.prune_shards is true)" if config.extract.prune_shards else " (none was committed)")
+    for index, problems in work.damaged.items():
+        logger.warning("shard %d is damaged and is redone: %s", index, "; ".join(problems[:5]))
+    text_todo = list(work.texts)
     logger.info("%d shards, %d to extract (%s); text splits to encode: %s", len(plans), len(todo),
                 [p.index for p in todo], text_todo)
 
@@ -79,9 +89,9 @@ def extract_flow(config: RunConfig) -> dict:
     if gpu:
         logger.info("each extraction task holds Dask resources %s", gpu)
     with runners.holding(gpu):  # one task per GPU on Dask workers that declare one
-        futures = [runner.submit(config, p, fps[p.index]) for p in todo]
+        futures = [runner.submit(config, p, fps[p.index], lease_token) for p in todo]
         shard_of = {id(f): p.index for f, p in zip(futures, todo)}
-        futures += [extract_text_task.submit(config, s, text_fps[s]) for s in text_todo]
+        futures += [extract_text_task.submit(config, s, fp, lease_token) for s, fp in work.texts.items()]
     for finished, future in enumerate(as_completed(futures), 1):
         lost = runners.settle_lost(future)
         if lost:  # its workers died: the task could not say so itself
@@ -89,7 +99,7 @@ def extract_flow(config: RunConfig) -> dict:
             if id(future) in shard_of:
                 store.record_shard_failure(shard_of[id(future)], lost)
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
-    status = ex.extraction_status(config, manifest, store)
+    status = ex.extraction_status(config, manifest, store, verify="sizes")
     rows = _table_rows(status, {p.index for p in todo})
     create_table_artifact(rows, key=artifact_key(config, "extract-shards"),
                           description=f"shard states of {config.name}")
@@ -98,7 +108,8 @@ def extract_flow(config: RunConfig) -> dict:
     missing = [r for r in rows if r["state"] != "committed"]
     text_missing = [s for s, state in status["text"].items() if state != "committed"]
     if missing or text_missing:
-        detail = "; ".join(f"shard {r['shard']} ({r['state']}: {r['error'] or 'no error recorded'})" for r in missing)
+        detail = "; ".join(f"shard {r['shard']} ({r['state']}: {r['error'] or r['note'] or 'no error recorded'})"
+                           for r in missing)
         if text_missing:
             detail += f"; text splits not committed: {text_missing}"
         raise ExtractionIncomplete(f"{len(missing)} of {len(plans)} shards not committed: {detail}")

@@ -15,6 +15,7 @@ from configs.schema import RunConfig
 from flows.progress import artifact_key
 from stages import release as rel
 from storage.features import FeatureStore
+from storage.lease import StoreLease
 
 
 class ImportIncomplete(RuntimeError):
@@ -27,9 +28,9 @@ def _plan(config: RunConfig) -> rel.ReleasePlan:
 
 
 @task(name="import-shard", task_run_name="import-shard-{index:05d}", retry_delay_seconds=2)
-def import_shard_task(config: RunConfig, index: int, fp: str) -> dict:
+def import_shard_task(config: RunConfig, index: int, fp: str, lease_token: str) -> dict:
     plan = _plan(config)
-    store = FeatureStore(config.store, mode="a")
+    store = FeatureStore(config.store, mode="a", lease_token=lease_token)
     try:
         result = rel.import_shard(plan, plan.shards[index], fp, store)
     except Exception as e:
@@ -40,29 +41,40 @@ def import_shard_task(config: RunConfig, index: int, fp: str) -> dict:
 
 
 @task(name="import-text", task_run_name="import-text-{split}")
-def import_text_task(config: RunConfig, split: str, fp: str) -> int:
+def import_text_task(config: RunConfig, split: str, fp: str, lease_token: str) -> int:
     plan = _plan(config)
     logger = get_run_logger()
 
     def progress(done: int, total: int) -> None:
         logger.info("text %s: %d/%d queries", split, done, total)
 
-    n = rel.import_text(plan, split, fp, FeatureStore(config.store, mode="a"), progress)
+    n = rel.import_text(plan, split, fp, FeatureStore(config.store, mode="a", lease_token=lease_token), progress)
     logger.info("text %s committed: %d queries", split, n)
     return n
 
 
 @flow(name="import-release", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
 def import_flow(config: RunConfig) -> dict:
-    logger = get_run_logger()
     plan = _plan(config)
     rel.verify_features(plan)  # every feature file cross-checked before any work
+    # One writer per store, as in the extract flow: this run holds the lease until it ends.
+    with StoreLease(config.store, purpose=f"import stage of run {config.name}") as lease:
+        if lease.took_over:
+            get_run_logger().warning("took over the store's lease from %s: its owner is gone",
+                                     lease.took_over.owner)
+        return _import(config, plan, lease.token)
+
+
+def _import(config: RunConfig, plan: rel.ReleasePlan, lease_token: str) -> dict:
+    logger = get_run_logger()
     if not plan.has_teacher:
         logger.warning(rel.no_teacher_advice(plan.files))
-    store = FeatureStore(config.store, mode="a")
-    work = rel.begin_import(plan, store)
+    store = FeatureStore(config.store, mode="a", lease_token=lease_token)
+    work = rel.begin_import(plan, store, prune=config.extract.prune_shards, verify=config.extract.verify)
     if work.dropped:
-        logger.info("removed shards %s beyond the current plan", work.dropped)
+        logger.warning("removed shard groups %s beyond the current plan", work.dropped)
+    for index, problems in work.damaged.items():
+        logger.warning("shard %d is damaged and is redone: %s", index, "; ".join(problems[:5]))
     todo = [sh.index for sh, _ in work.shards]
     text_todo = [split for split, _ in work.texts]
     logger.info("%d shards, %d to import; text splits to import: %s; split aliases: %s",
@@ -71,8 +83,8 @@ def import_flow(config: RunConfig) -> dict:
     progress_id = create_progress_artifact(0.0, key=artifact_key(config, "import-progress"),
                                            description=f"shards of {config.name}")
     runner = import_shard_task.with_options(retries=config.extract.shard_retries)
-    futures = [runner.submit(config, sh.index, fp) for sh, fp in work.shards]
-    futures += [import_text_task.submit(config, split, fp) for split, fp in work.texts]
+    futures = [runner.submit(config, sh.index, fp, lease_token) for sh, fp in work.shards]
+    futures += [import_text_task.submit(config, split, fp, lease_token) for split, fp in work.texts]
     for finished, _ in enumerate(as_completed(futures), 1):
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(futures)))
     status = rel.import_status(plan, store)

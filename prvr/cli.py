@@ -72,41 +72,106 @@ def run(
     typer.echo(json.dumps(state.result(), indent=2, default=str))
 
 
+STATE_COLOURS = {"committed": "green", "complete": "green", "failed": "red", "corrupt": "red", "stale": "yellow",
+                 "missing": "magenta", "incomplete": "magenta"}
+
+
+def _state(state: str) -> str:
+    return f"[{STATE_COLOURS.get(state, 'white')}]{state}[/]"
+
+
+def _wide_console(renderables: list):
+    """A terminal's own width (cells fold, nothing is cut); piped output as wide as the widest table."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    console = Console()
+    if console.is_terminal:
+        return console
+    options = console.options.update_width(10_000)
+    widest = max((Measurement.get(console, options, r).maximum for r in renderables), default=80)
+    return Console(width=max(80, widest))
+
+
+def _status_tables(cfg, report: dict) -> list:
+    from rich.table import Table
+
+    def table(title: str, *columns: str) -> Table:
+        t = Table(title=title, title_justify="left")
+        for col in columns:
+            t.add_column(col, overflow="fold")
+        return t
+
+    shards = table(f"{cfg.name}: shards of {cfg.store}", "shard", "state", "committed_at", "videos",
+                   "failed videos", "error / note")
+    for r in report["shards"]:
+        failed = "; ".join(f"{k}: {v}" for k, v in r["failed_videos"].items())
+        shards.add_row(str(r["shard"]), _state(r["state"]), r["committed_at"] or "",
+                       f"{r['videos']}/{r['videos_in_manifest']}", failed, r["error"] or r["note"] or "")
+    stages = table(f"{cfg.name}: stages", "stage", "state", "details")
+    for name, entry in report["stages"].items():
+        counted = "" if name in report["checked"] else " (not checked)"
+        stages.add_row(name, _state(entry["state"]) + counted, entry["summary"])
+    tables = [shards, stages]
+    caches = report["stages"]["teacher"]["caches"]
+    if caches:
+        teacher = table(f"{cfg.name}: teacher caches", "teacher", "split", "state", "committed_at", "note")
+        for c in caches:
+            teacher.add_row(c["teacher"], c["split"], _state(c["state"]), c["committed_at"] or "", c["note"] or "")
+        tables.append(teacher)
+    return tables
+
+
+def _lease_line(lease: dict | None) -> str:
+    if lease is None:
+        return "writer: none (no run holds the store's lease)"
+    line = (f"writer: {lease['owner']} ({lease['purpose']}) since {lease['started_at']}, "
+            f"last heartbeat {lease['age_s']:.0f}s ago")
+    return line if lease["alive"] else f"{line} [yellow](gone: {lease['dead_because']}; the next run takes over)[/]"
+
+
 @app.command()
 def status(
     config: Path = typer.Argument(..., help="YAML run config"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
+    stages: Optional[list[str]] = typer.Option(None, "--stages", "-s", help="stages that must be complete for "
+                                               "exit code 0 (default: all); every stage is shown"),
+    verify: bool = typer.Option(False, "--verify", help="read every stored chunk and compare its checksum with "
+                                "the one recorded at commit (reads the whole store); without it, sizes only"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    """Every shard's state under the current config: committed, failed, missing or stale."""
-    from stages.sources import source_status
-    from storage.features import FeatureStore, StoreError
+    """Every stage's state under the current config: the store's writer, each shard (committed, stale,
+    failed, missing, corrupt) and text split, the teacher caches, training and evaluation.
+
+    Exit codes: 0 when every checked stage (--stages, default all) is complete and current;
+    1 when one is not (a rerun would do work); 2 when the config or the dataset is invalid.
+    """
+    from stages.status import STAGES, pipeline_status
 
     cfg = _load(config, set_ or [], profile)
-    try:
-        store = FeatureStore(cfg.store, mode="r")
-    except StoreError:
-        store = None
-    report = source_status(cfg, store)
+    unknown = sorted(set(stages or []) - set(STAGES))
+    if unknown:
+        _fail(f"unknown stage(s) {unknown}; known: {STAGES}")
+    report = pipeline_status(cfg, stages or None, verify="checksums" if verify else "sizes")
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{cfg.name}: {cfg.store}")
-    for col in ("shard", "state", "committed_at", "videos", "failed videos", "error / note"):
-        table.add_column(col)
-    colours = {"committed": "green", "failed": "red", "stale": "yellow", "missing": "magenta"}
-    for r in report["shards"]:
-        failed = "; ".join(f"{k}: {v}" for k, v in r["failed_videos"].items())
-        table.add_row(str(r["shard"]), f"[{colours[r['state']]}]{r['state']}[/]", r["committed_at"] or "",
-                      f"{r['videos']}/{r['videos_in_manifest']}", failed, r["error"] or r["note"] or "")
-    console = Console()
-    console.print(table)
-    console.print("text: " + ", ".join(f"{k} {v}" for k, v in report["text"].items()))
-    console.print("complete" if report["complete"] else "[red]incomplete[/]")
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        tables = _status_tables(cfg, report)
+        console = _wide_console(tables)
+        console.print(_lease_line(report["lease"]))
+        for t in tables:
+            console.print(t)
+        console.print("text: " + ", ".join(f"{k} {_state(v)}" + (f" ({report['text_notes'][k]})"
+                                                                  if k in report["text_notes"] else "")
+                                           for k, v in report["text"].items()))
+        if report["beyond_manifest"]:
+            console.print(f"[red]committed shards beyond the manifest: {report['beyond_manifest']}[/] (it shrank; "
+                          f"the extract stage keeps them and stops until --set extract.prune_shards=true)")
+        undone = [s for s in report["checked"] if not report["stages"][s]["complete"]]
+        console.print("complete" if report["complete"] else f"[red]incomplete[/]: {', '.join(undone)}")
+    if not report["complete"]:
+        raise typer.Exit(1)
 
 
 @app.command()

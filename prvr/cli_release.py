@@ -26,12 +26,16 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
         max_frames: int = typer.Option(128, min=1, help="frames kept per video (mean-pooled, as the papers)"),
         max_tokens: int = typer.Option(30, min=1, help="tokens kept per query"),
         shard_size: int = typer.Option(500, min=1, help="videos per shard: the unit of resumption"),
+        prune_shards: bool = typer.Option(False, "--prune-shards", help="delete committed shards beyond the "
+                                          "release's plan (it shrank); without it they stop the import, named"),
     ) -> None:
         """Import an MS-SL / DL-DKD / GMMFormer feature release; an interrupted import resumes where it stopped."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from stages import release as rel
         from stages.release_formats import ReleaseFormatError
+        from storage.features import StoreError
+        from storage.lease import LeaseLost, StoreBusy
 
         if feature is None:
             feature = rel.DEFAULT_FEATURES.get(collection)
@@ -68,8 +72,8 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
                 bar.update(total, completed=done_before[0] + n)
 
             try:
-                summary = rel.run_import(plan, store, on_shard=on_shard, progress=progress)
-            except (rel.ReleaseError, ReleaseFormatError) as e:
+                summary = rel.run_import(plan, store, on_shard=on_shard, progress=progress, prune=prune_shards)
+            except (rel.ReleaseError, ReleaseFormatError, StoreError, StoreBusy, LeaseLost) as e:
                 fail(str(e))
                 return
             bar.update(total, completed=videos)

@@ -19,6 +19,7 @@ from configs.schema import ExtractConfig, RunConfig, TeacherSpec
 from stages.manifest import Manifest, Video
 from storage.features import LAYOUT_VERSION, FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
 from storage.fingerprint import fingerprint
+from storage.integrity import Level
 
 if TYPE_CHECKING:
     import torch
@@ -265,14 +266,16 @@ class ShardResult:
     fingerprint: str
 
 
-def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress | None = None) -> ShardResult:
-    """Decode, encode and write one shard, committing it only when complete."""
+def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress | None = None,
+                  lease_token: str | None = None) -> ShardResult:
+    """Decode, encode and write one shard, committing it only when complete.
+    `lease_token`: the run's lease on the store (storage/lease.py), checked before writing and committing."""
     from stages.decode import DecodeFailure, DecodeRequest, get_decode_pool
 
     _drill_fail(plan.index)
     ex = cfg.extract
     enc = Encoders(ex)
-    store = FeatureStore(cfg.store, mode="a")
+    store = FeatureStore(cfg.store, mode="a", lease_token=lease_token)
     writer = store.begin_shard(plan.index, enc.feature_dims())
     short_side = enc.decode_short_side()
     needs_windows = bool(enc.backbones)
@@ -334,7 +337,7 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
 
 
 # ---- text ---------------------------------------------------------------------
-def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str) -> int:
+def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str, lease_token: str | None = None) -> int:
     """Sentence embeddings per teacher and token features of the first teacher for one split."""
     from models.clip import load_clip_encoder, resolve_device
 
@@ -350,7 +353,7 @@ def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str) -> int
     arrays[tokens_name] = (max_tokens, tok_enc.token_dim)
     arrays[lengths_name] = ()
     moments = np.array([q.moment if q.moment else (np.nan, np.nan) for q in queries], dtype=np.float32).reshape(-1, 2)
-    store = FeatureStore(cfg.store, mode="a")
+    store = FeatureStore(cfg.store, mode="a", lease_token=lease_token)
     writer = store.begin_text(split, [q.query_id for q in queries], [q.video_id for q in queries],
                               [q.text for q in queries], moments, arrays)
     for start in range(0, len(queries), ex.text_batch_size):
@@ -364,15 +367,54 @@ def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str) -> int
     return len(queries)
 
 
-def extraction_status(cfg: RunConfig, manifest: Manifest, store: FeatureStore | None = None) -> dict:
-    """Every shard's and text split's state under the current fingerprints (for status and artifacts)."""
+PRUNE_ADVICE = "rerun with --set extract.prune_shards=true (or `prune_shards: true` under `extract:` in the config)"
+
+
+@dataclass
+class ExtractionWork:
+    """What an extraction run has to do: shards and text splits not committed (intact) under their fingerprints."""
+
+    plans: list[ShardPlan]
+    fingerprints: dict[int, str]  # shard -> fingerprint
+    shards: list[ShardPlan]  # to extract
+    texts: dict[str, str]  # split -> fingerprint, to encode
+    dropped: list[int]  # shard groups beyond the manifest, removed
+    damaged: dict[int, list[str]]  # committed shards redone because their data is damaged
+
+
+def begin_extraction(cfg: RunConfig, manifest: Manifest, store: FeatureStore) -> ExtractionWork:
+    """Prepare the store for a run and list its work. Committed shards beyond the manifest stop the
+    run (ShardsBeyondPlan) unless extract.prune_shards; shards are checked at extract.verify."""
+    plans = plan_shards(manifest, cfg.extract.shard_size)
+    store.invalidate_consolidated()
+    dropped = store.drop_shards_from(len(plans), prune=cfg.extract.prune_shards, how_to_prune=PRUNE_ADVICE)
+    fps = {p.index: shard_fingerprint(p, cfg.extract, manifest.root) for p in plans}
+    states = store.shard_statuses(fps, verify=cfg.extract.verify)
+    todo = [p for p in plans if states[p.index].state != "committed"]
+    damaged = {i: s.problems for i, s in states.items() if s.state == "corrupt"}
+    text_fps = {s: text_fingerprint(manifest, s, cfg.extract) for s in manifest.splits()}
+    texts = {s: fp for s, fp in text_fps.items() if store.text_status(s, fp, verify=cfg.extract.verify) != "committed"}
+    return ExtractionWork(plans, fps, todo, texts, dropped, damaged)
+
+
+def extraction_status(cfg: RunConfig, manifest: Manifest, store: FeatureStore | None = None,
+                      verify: Level | None = "sizes") -> dict:
+    """Every shard's and text split's state under the current fingerprints (for status and artifacts);
+    committed shards are checked against their commit records at level `verify`."""
     plans = plan_shards(manifest, cfg.extract.shard_size)
     store = store or FeatureStore(cfg.store, mode="r")
+    states = store.shard_statuses({p.index: shard_fingerprint(p, cfg.extract, manifest.root) for p in plans}, verify)
     shards = []
     for p in plans:
-        s = store.shard_status(p.index, shard_fingerprint(p, cfg.extract, manifest.root))
-        shards.append({**s.as_dict(), "videos_in_manifest": len(p.videos),
+        shards.append({**states[p.index].as_dict(), "videos_in_manifest": len(p.videos),
                        "first_video": p.videos[0].video_id, "last_video": p.videos[-1].video_id})
-    text = {split: store.text_status(split, text_fingerprint(manifest, split, cfg.extract)) for split in manifest.splits()}
+    reports = {split: store.text_report(split, text_fingerprint(manifest, split, cfg.extract), verify)
+               for split in manifest.splits()}
+    text = {split: r.state for split, r in reports.items()}
+    beyond = store.shards_beyond(len(plans))
+    beyond_committed = [i for i in beyond if store.committed_shard_fingerprint(i) is not None]
     return {"store": cfg.store, "shards": shards, "text": text,
-            "complete": all(r["state"] == "committed" for r in shards) and all(v == "committed" for v in text.values())}
+            "text_notes": {split: r.note for split, r in reports.items() if r.note},
+            "beyond_manifest": beyond_committed,
+            "complete": all(r["state"] == "committed" for r in shards) and all(v == "committed" for v in text.values())
+            and not beyond_committed}

@@ -30,6 +30,7 @@ from stages.release_formats import (
 )
 from storage.features import FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
 from storage.fingerprint import fingerprint
+from storage.integrity import Level
 
 log = logging.getLogger("prvr.release")
 Progress = Callable[[int, int], None]
@@ -358,24 +359,32 @@ def record_source(plan: ReleasePlan, store: FeatureStore) -> None:
         store.set_split_alias(alias, plan.aliases.get(alias))
 
 
-def import_status(plan: ReleasePlan, store: FeatureStore | None) -> dict:
-    """Every shard's and text split's state under the current fingerprints (extraction_status's shape)."""
+def import_status(plan: ReleasePlan, store: FeatureStore | None, verify: Level | None = "sizes") -> dict:
+    """Every shard's and text split's state under the current fingerprints (extraction_status's shape);
+    committed shards checked against their commit records at level `verify`."""
+    states = {} if store is None else store.shard_statuses(
+        {sh.index: shard_fingerprint(plan, sh) for sh in plan.shards}, verify)
     shards = []
     for sh in plan.shards:
         row = {"shard": sh.index, "state": "missing", "committed_at": None, "videos": 0, "failed_videos": {},
-               "error": None, "note": "no store yet" if store is None else None}
+               "error": None, "note": "no store yet" if store is None else None, "problems": []}
         if store is not None:
-            row.update(store.shard_status(sh.index, shard_fingerprint(plan, sh)).as_dict())
+            row.update(states[sh.index].as_dict())
         row.update({"videos_in_manifest": len(sh.videos), "first_video": sh.videos[0][0],
                     "last_video": sh.videos[-1][0]})
         shards.append(row)
-    text = {split: ("missing" if store is None else store.text_status(split, text_fingerprint(plan, split)))
-            for split in plan.splits}
+    reports = {} if store is None else {split: store.text_report(split, text_fingerprint(plan, split), verify)
+                                        for split in plan.splits}
+    text = {split: reports[split].state if store is not None else "missing" for split in plan.splits}
     aliases_ok = store is not None and all(store.resolve_split(a) == t for a, t in plan.aliases.items())
+    beyond = [] if store is None else [i for i in store.shards_beyond(len(plan.shards))
+                                       if store.committed_shard_fingerprint(i) is not None]
     return {"store": None if store is None else store.location, "source": "ms-sl release", "shards": shards,
-            "text": text, "aliases": plan.aliases, "teacher": plan.settings.teacher if plan.has_teacher else None,
+            "text": text, "text_notes": {s: r.note for s, r in reports.items() if r.note},
+            "beyond_manifest": beyond, "aliases": plan.aliases,
+            "teacher": plan.settings.teacher if plan.has_teacher else None,
             "complete": aliases_ok and all(r["state"] == "committed" for r in shards)
-            and all(v == "committed" for v in text.values())}
+            and all(v == "committed" for v in text.values()) and not beyond}
 
 
 @dataclass
@@ -385,25 +394,44 @@ class ImportWork:
     shards: list[tuple[ImportShard, str]]  # (shard, fingerprint)
     texts: list[tuple[str, str]]  # (split, fingerprint)
     dropped: list[int]  # shards beyond the plan, removed
+    damaged: dict[int, list[str]]  # committed shards redone because their data is damaged
 
 
-def begin_import(plan: ReleasePlan, store: FeatureStore) -> ImportWork:
-    """Prepare the store for an import run (source recorded, stale shards dropped) and list the work."""
+# The plan shrinks when the release holds fewer videos, or dataset.release.shard_size grew.
+PRUNE_ADVICE = "rerun with --set extract.prune_shards=true (or `prune_shards: true` under `extract:` in the config)"
+
+
+def begin_import(plan: ReleasePlan, store: FeatureStore, prune: bool = False, verify: Level = "sizes",
+                 how_to_prune: str = PRUNE_ADVICE) -> ImportWork:
+    """Prepare the store for an import run (source recorded, shards beyond the plan dropped when
+    they hold no committed work or `prune` says so) and list the work; shards checked at `verify`."""
     store.invalidate_consolidated()
-    dropped = store.drop_shards_from(len(plan.shards))
+    dropped = store.drop_shards_from(len(plan.shards), prune=prune, how_to_prune=how_to_prune)
     record_source(plan, store)
-    shards = [(sh, fp) for sh in plan.shards
-              if store.shard_status(sh.index, fp := shard_fingerprint(plan, sh)).state != "committed"]
+    fps = {sh.index: shard_fingerprint(plan, sh) for sh in plan.shards}
+    states = store.shard_statuses(fps, verify)
+    shards = [(sh, fps[sh.index]) for sh in plan.shards if states[sh.index].state != "committed"]
     texts = [(split, fp) for split in plan.splits
-             if store.text_status(split, fp := text_fingerprint(plan, split)) != "committed"]
-    return ImportWork(shards, texts, dropped)
+             if store.text_status(split, fp := text_fingerprint(plan, split), verify) != "committed"]
+    damaged = {i: s.problems for i, s in states.items() if s.state == "corrupt"}
+    return ImportWork(shards, texts, dropped, damaged)
 
 
 def run_import(plan: ReleasePlan, location: str, on_shard: Callable[[dict], None] | None = None,
-               progress: Progress | None = None) -> dict:
-    """Import everything not yet committed, in this process (the CLI route; the flow runs tasks)."""
-    store = FeatureStore(location, mode="a")
-    work = begin_import(plan, store)
+               progress: Progress | None = None, prune: bool = False, verify: Level = "sizes") -> dict:
+    """Import everything not yet committed, in this process (the CLI route; the flow runs tasks),
+    holding the store's writer lease throughout."""
+    from storage.lease import StoreLease
+
+    with StoreLease(location, purpose=f"prvr import ms-sl {plan.settings.collection}") as lease:
+        return _run_import(plan, FeatureStore(location, mode="a", lease_token=lease.token), on_shard, progress,
+                           prune, verify)
+
+
+def _run_import(plan: ReleasePlan, store: FeatureStore, on_shard: Callable[[dict], None] | None,
+                progress: Progress | None, prune: bool, verify: Level) -> dict:
+    work = begin_import(plan, store, prune=prune, verify=verify,
+                        how_to_prune="rerun with --prune-shards")
     for shard, fp in work.shards:
         result = import_shard(plan, shard, fp, store, progress)
         if on_shard:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from configs.schema import RunConfig
 from storage.features import FeatureStore, teacher_array
+from storage.integrity import Level
 
 
 def is_release(cfg: RunConfig) -> bool:
@@ -36,22 +37,25 @@ def source_splits(cfg: RunConfig) -> list[str]:
     return load_manifest(cfg.dataset.root).splits()
 
 
-def source_status(cfg: RunConfig, store: FeatureStore | None) -> dict:
-    """Every shard's and text split's state; `complete` when the store holds all of the source."""
+def source_status(cfg: RunConfig, store: FeatureStore | None, verify: Level | None = "sizes") -> dict:
+    """Every shard's and text split's state; `complete` when the store holds all of the source, intact
+    at level `verify` (see storage/integrity.py)."""
     if is_release(cfg):
         from stages.release import ImportSettings, cached_plan, import_status
 
-        return import_status(cached_plan(ImportSettings.from_config(cfg)), store)
+        return import_status(cached_plan(ImportSettings.from_config(cfg)), store, verify)
     from stages.extract import extraction_status, plan_shards
     from stages.manifest import load_manifest
 
     manifest = load_manifest(cfg.dataset.root)
     if store is None:
         return {"store": cfg.store, "complete": False, "text": {s: "missing" for s in manifest.splits()},
+                "text_notes": {}, "beyond_manifest": [],
                 "shards": [{"shard": p.index, "state": "missing", "committed_at": None, "videos": 0,
                             "videos_in_manifest": len(p.videos), "failed_videos": {}, "error": None,
-                            "note": "no store yet"} for p in plan_shards(manifest, cfg.extract.shard_size)]}
-    return extraction_status(cfg, manifest, store)
+                            "note": "no store yet", "problems": []}
+                           for p in plan_shards(manifest, cfg.extract.shard_size)]}
+    return extraction_status(cfg, manifest, store, verify)
 
 
 def student_text_features(cfg: RunConfig) -> str:

@@ -8,6 +8,7 @@
         <feature>                     (frames_in_shard, D) float16, e.g. teacher.<key>, visual.clip
         attrs: video_ids, splits, durations, failed {video_id: error}, started_at,
                fingerprint, committed {at, fingerprint} (written last: the commit marker),
+               integrity {algorithm, objects {key: [bytes, crc32]}} (in the marker's write; storage/integrity.py),
                last_error (a failed attempt, for status),
                history [{event: started|failed|committed, at, by: host:pid}] kept across restarts
       text/<split>/                   one group per split
@@ -15,9 +16,11 @@
         sentence.<teacher>            (queries, D) float16, L2-normalised
         tokens.<model>                (queries, L, W) float16, zeros beyond length
         token_lengths.<model>         (queries,) int32
-        attrs: query_ids, video_ids, texts, fingerprint, committed {at, fingerprint}
+        attrs: query_ids, video_ids, texts, fingerprint, committed {at, fingerprint}, integrity
+      leases/                         the writer's lease (storage/lease.py): one writer per store
 
-A shard or text split counts only when its commit marker holds the current fingerprint.
+A shard or text split counts only when its commit marker holds the current fingerprint and
+what the commit wrote is still there ("corrupt" otherwise: see storage/integrity.py).
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import datetime as dt
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from storage.location import store_exists, zarr_store
+from storage import integrity
+from storage.integrity import Level
+from storage.location import list_sizes, store_exists, zarr_store
 
 LAYOUT_VERSION = 1
 CHUNK_BYTES = 1 << 20  # chunks around 1 MB: few objects on remote stores, cheap partial reads
@@ -87,21 +92,69 @@ class StoreError(RuntimeError):
     """The store is missing, incomplete or does not hold what was asked for."""
 
 
+class ShardsBeyondPlan(StoreError):
+    """Committed shards past the current plan (the manifest shrank): kept unless pruning is asked for."""
+
+    def __init__(self, location: str, shards: list[int], planned: int, how_to_prune: str):
+        self.shards = shards
+        super().__init__(
+            f"the store {location} holds {len(shards)} committed shard(s) beyond the {planned} shard(s) of the "
+            f"current manifest: {shards}. They are kept: deleting committed work needs your word. If the "
+            f"manifest shrank on purpose, {how_to_prune} to delete them; otherwise restore the missing videos "
+            f"to the manifest (or use another store).")
+
+
+DAMAGED_ADVICE = ("`prvr status CONFIG --verify` checks every shard; the extract stage redoes damaged shards "
+                  "(with --set extract.verify=checksums for damage that kept the sizes)")
+
+
+class _NamedArray:
+    """A stored array whose read errors say which store, shard or split and array failed."""
+
+    def __init__(self, array: zarr.Array, where: str):
+        self._array = array
+        self.where = where
+        self.shape, self.dtype, self.chunks, self.ndim = array.shape, array.dtype, array.chunks, array.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return self._array[key]
+        except Exception as e:
+            raise StoreError(f"{self.where}: cannot read the stored data ({type(e).__name__}: {e}); "
+                             f"{DAMAGED_ADVICE}") from e
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("prvr-stored-array", self.where, self.shape, str(self.dtype), self.chunks)
+
+
 @dataclass(frozen=True)
 class ShardStatus:
     index: int
-    state: str  # committed | stale | failed | missing
+    state: str  # committed | stale | failed | missing | corrupt (committed, but its data is damaged)
     committed_at: str | None = None
     videos: int = 0
     failed_videos: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     note: str | None = None
+    problems: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "shard": self.index, "state": self.state, "committed_at": self.committed_at,
             "videos": self.videos, "failed_videos": self.failed_videos, "error": self.error, "note": self.note,
+            "problems": self.problems,
         }
+
+
+@dataclass(frozen=True)
+class TextStatus:
+    split: str
+    state: str  # committed | stale | missing | corrupt
+    note: str | None = None
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -130,11 +183,15 @@ class TextSplit:
     group: Any = field(repr=False)
 
     def sentences(self, teacher: str) -> np.ndarray:
-        return _read(self.group, sentence_array(teacher))
+        return _read(self.group, sentence_array(teacher), self.where)
 
     def tokens(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         tokens, lengths = token_arrays(model)
-        return _read(self.group, tokens), _read(self.group, lengths)
+        return _read(self.group, tokens, self.where), _read(self.group, lengths, self.where)
+
+    @property
+    def where(self) -> str:
+        return f"text split {self.group.path.removeprefix('text/')!r}"
 
 
 def _list_dir(store, prefix: str) -> list[str]:
@@ -146,10 +203,14 @@ def _list_dir(store, prefix: str) -> list[str]:
     return sync(collect())
 
 
-def _read(group, name: str) -> np.ndarray:
+def _named(group, name: str, where: str) -> _NamedArray:
     if name not in group:
         raise StoreError(f"{group.path}: no array {name!r}; present: {sorted(group.array_keys())}")
-    return group[name][...]
+    return _NamedArray(group[name], f"{where}, array {name!r} of {group.store}")
+
+
+def _read(group, name: str, where: str) -> np.ndarray:
+    return _named(group, name, where)[...]
 
 
 class _ChunkBuffer:
@@ -184,8 +245,11 @@ class _ChunkBuffer:
 class ShardWriter:
     """Writes one shard group video by video; nothing counts until `commit`."""
 
-    def __init__(self, group: zarr.Group, feature_dims: dict[str, int], history: list[dict[str, Any]] | None = None):
+    def __init__(self, group: zarr.Group, feature_dims: dict[str, int], history: list[dict[str, Any]] | None = None,
+                 record: Callable[[str], dict] | None = None, fence: Callable[[], None] | None = None):
         self._group = group
+        self._record = record
+        self._fence = fence
         self._dims = dict(feature_dims)
         self._history = list(history or [])
         self._rows = 0
@@ -235,17 +299,24 @@ class ShardWriter:
             "video_ids": self._video_ids, "splits": self._splits, "durations": self._durations,
             "failed": self._failed, "fingerprint": fingerprint, "info": info or {},
         })
+        record = self._record(self._group.path) if self._record else None
+        if self._fence:
+            self._fence()  # this run still holds the store's lease: nobody took it over while we wrote
         # The marker goes in a second, final write: a crash before it leaves the shard uncommitted.
-        # The history rides in the same write, so it counts exactly the commits that happened.
+        # The history and the integrity record ride in the same write, so they describe exactly this commit.
         history = (self._history + [_event("committed", fingerprint=fingerprint)])[-HISTORY_KEEP:]
-        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}, "history": history})
+        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}, "history": history,
+                                  "integrity": record})
 
 
 class FeatureStore:
     """Read and write the feature store at a local path or fsspec URL."""
 
-    def __init__(self, location: str, mode: str = "r"):
+    def __init__(self, location: str, mode: str = "r", lease_token: str | None = None):
+        """`lease_token`: the writer's lease (storage/lease.py) this store's writes go under; every
+        shard and text split checks it before it starts and before it commits."""
         self.location = location
+        self.lease_token = lease_token
         if mode == "r" and not store_exists(location):
             raise StoreError(f"no feature store at {location}; run the extract stage first")
         store = zarr_store(location, read_only=(mode == "r"))
@@ -254,6 +325,30 @@ class FeatureStore:
         if mode != "r" and "layout_version" not in self.root.attrs:
             self.root.attrs.update({"layout_version": LAYOUT_VERSION, "created_at": _now()})
         self._index: dict[str, VideoLocation] | None = None
+
+    # ---- integrity and the writer's lease --------------------------------------
+    def _fence(self) -> None:
+        if self.lease_token is not None:
+            from storage.lease import check_holder
+
+            check_holder(self.location, self.lease_token)
+
+    def _read_object(self, key: str) -> bytes | None:
+        from zarr.core.buffer import default_buffer_prototype
+        from zarr.core.sync import sync
+
+        buffer = sync(self.root.store.get(key, prototype=default_buffer_prototype()))
+        return None if buffer is None else buffer.to_bytes()
+
+    def _record_group(self, prefix: str) -> dict:
+        """Read back what a commit wrote under `prefix` and record it (storage/integrity.py)."""
+        return integrity.make_record(prefix, list_sizes(self.location, prefix), self._read_object)
+
+    def _problems(self, attrs: dict[str, Any], prefix: str, sizes: dict[str, int], level: Level) -> list[str]:
+        record = attrs.get("integrity")
+        if not record:  # committed before records were kept: nothing to compare with
+            return []
+        return integrity.find_problems(record, prefix, sizes, level, self._read_object)
 
     # ---- shards -------------------------------------------------------------
     def _videos(self) -> zarr.Group | None:
@@ -277,12 +372,13 @@ class FeatureStore:
 
     def begin_shard(self, index: int, feature_dims: dict[str, int]) -> ShardWriter:
         """Start (or restart) a shard: any earlier partial or stale content is removed."""
+        self._fence()
         videos = self.root.require_group("videos")
         history = (self.shard_history(index) + [_event("started")])[-HISTORY_KEEP:]  # outlives the group
         group = videos.create_group(shard_name(index), overwrite=True)
         group.attrs.update({"started_at": history[-1]["at"], "committed": None, "history": history})
         self._index = None
-        return ShardWriter(group, feature_dims, history)
+        return ShardWriter(group, feature_dims, history, record=self._record_group, fence=self._fence)
 
     def shard_history(self, index: int) -> list[dict[str, Any]]:
         """Every start, failure and commit of a shard, oldest first (see HISTORY_KEEP)."""
@@ -300,7 +396,22 @@ class FeatureStore:
         history = (list(attrs.get("history") or []) + [_event("failed", error=error[:300])])[-HISTORY_KEEP:]
         group.attrs.update({"last_error": {"at": _now(), "error": error[:2000]}, "history": history})
 
-    def shard_status(self, index: int, fingerprint: str | None) -> ShardStatus:
+    def shard_status(self, index: int, fingerprint: str | None, verify: Level | None = "sizes") -> ShardStatus:
+        """A shard's state; `verify` also compares a committed shard's objects with its commit's record."""
+        return self.shard_statuses({index: fingerprint}, verify)[index]
+
+    def shard_statuses(self, fingerprints: dict[int, str | None],
+                       verify: Level | None = "sizes") -> dict[int, ShardStatus]:
+        """The state of each shard in `fingerprints` (index -> expected fingerprint, None: any), checked
+        against their commits' records at level `verify` with one listing of the store."""
+        sizes: dict[str, int] | None = None
+        if verify is not None and fingerprints:
+            only = next(iter(fingerprints)) if len(fingerprints) == 1 else None
+            sizes = list_sizes(self.location, "videos" if only is None else f"videos/{shard_name(only)}")
+        return {i: self._one_status(i, fp, sizes, verify) for i, fp in fingerprints.items()}
+
+    def _one_status(self, index: int, fingerprint: str | None, sizes: dict[str, int] | None,
+                    verify: Level | None) -> ShardStatus:
         attrs = self._shard_attrs(index)
         if attrs is None:
             return ShardStatus(index, "missing")
@@ -309,34 +420,67 @@ class FeatureStore:
         committed = attrs.get("committed")
         if committed:
             state = "committed" if fingerprint is None or committed.get("fingerprint") == fingerprint else "stale"
+            problems = []
+            if state == "committed" and verify is not None:
+                problems = self._problems(attrs, f"videos/{shard_name(index)}", sizes or {}, verify)
+            note = None
+            if problems:
+                state, note = "corrupt", f"{shard_name(index)} is damaged: " + "; ".join(problems[:5]) + (
+                    f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            elif state == "committed" and verify is not None and not attrs.get("integrity"):
+                note = "committed before integrity records were kept: not verifiable"
             return ShardStatus(index, state, committed_at=committed.get("at"), videos=len(attrs.get("video_ids", [])),
-                               failed_videos=attrs.get("failed", {}))
+                               failed_videos=attrs.get("failed", {}), note=note, problems=problems)
         last_error = attrs.get("last_error")
         if last_error:
             return ShardStatus(index, "failed", error=last_error.get("error"), note=f"failed at {last_error.get('at')}")
         return ShardStatus(index, "missing", note=f"incomplete: started {attrs.get('started_at')} and never committed")
 
-    def drop_shards_from(self, first_unused: int) -> list[int]:
-        """Remove shard groups beyond the current sharding (the manifest shrank)."""
+    def shards_beyond(self, first_unused: int) -> list[int]:
+        """Shard groups at or past index `first_unused`: beyond the current sharding."""
+        return [i for i in self.shard_indices() if i >= first_unused]
+
+    def drop_shards_from(self, first_unused: int, prune: bool = False,
+                         how_to_prune: str = "pass prune=True") -> list[int]:
+        """Remove shard groups beyond the current sharding (the manifest shrank).
+
+        Uncommitted ones (partial, failed) hold no finished work and go. Committed ones go only
+        with `prune`; otherwise ShardsBeyondPlan names them and says `how_to_prune`, and nothing
+        is removed.
+        """
+        beyond = self.shards_beyond(first_unused)
+        committed = [i for i in beyond if (self._shard_attrs(i) or {}).get("committed")]
+        if committed and not prune:
+            raise ShardsBeyondPlan(self.location, committed, first_unused, how_to_prune)
+        self._fence()
         videos = self._videos()
-        dropped = [i for i in self.shard_indices() if i >= first_unused]
-        for i in dropped:
+        for i in beyond:
             del videos[shard_name(i)]
-        if dropped:
+        if beyond:
             self._index = None
-        return dropped
+        return beyond
 
     # ---- reading videos -----------------------------------------------------
     def committed_shards(self) -> list[int]:
         return [i for i in self.shard_indices() if (self._shard_attrs(i) or {}).get("committed")]
 
+    def readable_shards(self) -> list[int]:
+        """The committed shards, for readers: raises StoreError, naming them, when any of them is damaged
+        (a missing chunk would otherwise read as zeros). Checks sizes: one listing of the store."""
+        committed = self.committed_shards()
+        damaged = [s for s in self.shard_statuses({i: None for i in committed}, "sizes").values()
+                   if s.state == "corrupt"]
+        if damaged:
+            raise StoreError(f"{self.location}: " + " | ".join(s.note for s in damaged) + f". {DAMAGED_ADVICE}")
+        return committed
+
     def video_index(self) -> dict[str, VideoLocation]:
         if self._index is None:
             index: dict[str, VideoLocation] = {}
-            for i in self.committed_shards():
+            for i in self.readable_shards():
                 group = self.root["videos"][shard_name(i)]
                 attrs = group.attrs
-                offsets = group["offsets"][...]
+                offsets = _read(group, "offsets", shard_name(i))
                 for j, vid in enumerate(attrs["video_ids"]):
                     index[vid] = VideoLocation(i, int(offsets[j]), int(offsets[j + 1]), attrs["splits"][j],
                                                float(attrs["durations"][j]))
@@ -350,11 +494,11 @@ class FeatureStore:
         group = self.root["videos"][shard_name(shards[0])]
         return sorted(k for k in group.array_keys() if k not in ("frame_time", "offsets"))
 
-    def _shard_array(self, shard: int, name: str) -> zarr.Array:
+    def _shard_array(self, shard: int, name: str) -> _NamedArray:
         group = self.root["videos"][shard_name(shard)]
         if name not in group:
             raise StoreError(f"feature {name!r} not in the store; present: {self.feature_names()}")
-        return group[name]
+        return _NamedArray(group[name], f"{shard_name(shard)}, array {name!r} of {self.location}")
 
     def video_frames(self, video_id: str, feature: str) -> tuple[np.ndarray, np.ndarray]:
         """(frames (T, D) float16, times (T,) float32) of one video."""
@@ -411,11 +555,11 @@ class FeatureStore:
         import dask.array as da
 
         parts, video_ids, splits, offsets = [], [], [], [0]
-        for i in self.committed_shards():
+        for i in self.readable_shards():
             group = self.root["videos"][shard_name(i)]
             arr = self._shard_array(i, feature)
-            parts.append(da.from_zarr(arr))
-            shard_offsets = group["offsets"][...]
+            parts.append(da.from_array(arr, chunks=arr.chunks))
+            shard_offsets = _read(group, "offsets", shard_name(i))
             offsets.extend((shard_offsets[1:] + offsets[-1]).tolist())
             video_ids.extend(group.attrs["video_ids"])
             splits.extend(group.attrs["splits"])
@@ -442,36 +586,67 @@ class FeatureStore:
 
     def has_text_split(self, split: str) -> bool:
         """A committed text split under this name or an alias of it."""
-        return self.text_status(split, None) == "committed"
+        return self.text_status(split, None, verify=None) == "committed"
 
     # ---- text ---------------------------------------------------------------
-    def text_status(self, split: str, fingerprint: str | None) -> str:
+    def _text_attrs(self, split: str) -> dict[str, Any] | None:
+        """A text split's attributes; None when absent, {"_unreadable": why} when its metadata is torn."""
+        if split not in self.text_splits():
+            return None
+        try:
+            return dict(self.root["text"][split].attrs)
+        except KeyError:
+            return None
+        except Exception as e:  # a torn zarr.json from a killed writer reads as "not committed"
+            return {"_unreadable": f"{type(e).__name__}: {e}"}
+
+    def text_report(self, split: str, fingerprint: str | None, verify: Level | None = "sizes") -> TextStatus:
+        """A text split's state, and what is damaged when a committed split no longer matches its record."""
         split = self.resolve_split(split)
-        if "text" not in self.root or split not in self.root["text"]:
-            return "missing"
-        committed = self.root["text"][split].attrs.get("committed")
+        attrs = self._text_attrs(split)
+        if attrs is None:
+            return TextStatus(split, "missing")
+        if "_unreadable" in attrs:
+            return TextStatus(split, "missing", note=f"unreadable metadata: {attrs['_unreadable']}")
+        committed = attrs.get("committed")
         if not committed:
-            return "missing"
-        return "committed" if fingerprint is None or committed.get("fingerprint") == fingerprint else "stale"
+            return TextStatus(split, "missing", note="started and never committed")
+        if fingerprint is not None and committed.get("fingerprint") != fingerprint:
+            return TextStatus(split, "stale")
+        if verify is not None:
+            prefix = f"text/{split}"
+            problems = self._problems(attrs, prefix, list_sizes(self.location, prefix), verify)
+            if problems:
+                return TextStatus(split, "corrupt", note=f"text split {split!r} is damaged: " + "; ".join(problems[:5]),
+                                  problems=problems)
+        return TextStatus(split, "committed")
+
+    def text_status(self, split: str, fingerprint: str | None, verify: Level | None = "sizes") -> str:
+        return self.text_report(split, fingerprint, verify).state
 
     def begin_text(self, split: str, query_ids: list[str], video_ids: list[str], texts: list[str],
                    moments: np.ndarray, arrays: dict[str, tuple[int, ...]]) -> TextWriter:
+        self._fence()
         group = self.root.require_group("text").create_group(split, overwrite=True)
         group.attrs.update({"query_ids": query_ids, "video_ids": video_ids, "texts": texts, "committed": None})
         group.create_array("moment", data=np.asarray(moments, dtype=np.float32).reshape(len(query_ids), 2))
-        return TextWriter(group, len(query_ids), arrays)
+        return TextWriter(group, len(query_ids), arrays, record=self._record_group, fence=self._fence)
 
     def text(self, split: str) -> TextSplit:
         split = self.resolve_split(split)
-        if self.text_status(split, None) != "committed":
+        report = self.text_report(split, None, verify="sizes")
+        if report.state == "corrupt":
+            raise StoreError(f"{self.location}: {report.note}. {DAMAGED_ADVICE}")
+        if report.state != "committed":
             raise StoreError(f"text of split {split!r} is not committed in {self.location}")
         group = self.root["text"][split]
         attrs = group.attrs
         return TextSplit(list(attrs["query_ids"]), list(attrs["video_ids"]), list(attrs["texts"]),
-                         group["moment"][...], group)
+                         _read(group, "moment", f"text split {split!r}"), group)
 
     def text_splits(self) -> list[str]:
-        return sorted(self.root["text"].group_keys()) if "text" in self.root else []
+        # Names from the store itself: opening each split's metadata would fail on a torn one.
+        return sorted(name for name in _list_dir(self.root.store, "text") if name != "zarr.json")
 
     def invalidate_consolidated(self) -> None:
         """Drop the root's consolidated snapshot before writing, so no reader sees stale metadata."""
@@ -483,7 +658,7 @@ class FeatureStore:
         for i in self.committed_shards():
             found[shard_name(i)] = self._shard_attrs(i)["committed"]["fingerprint"]
         for split in self.text_splits():
-            committed = self.root["text"][split].attrs.get("committed")
+            committed = (self._text_attrs(split) or {}).get("committed")
             if committed:
                 found[f"text/{split}"] = committed["fingerprint"]
         return found
@@ -501,29 +676,26 @@ class FeatureStore:
 
     def committed_text_fingerprint(self, split: str) -> str | None:
         """The fingerprint in a text split's commit marker; None while it is not committed."""
-        split = self.resolve_split(split)
-        if "text" not in self.root or split not in self.root["text"]:
-            return None
-        committed = self.root["text"][split].attrs.get("committed")
+        committed = (self._text_attrs(self.resolve_split(split)) or {}).get("committed")
         return committed.get("fingerprint") if committed else None
 
     def dask_sentences(self, split: str, teacher: str, rows_per_block: int):
         """A split's teacher sentence embeddings (Q, D) as a dask array read lazily from Zarr."""
         import dask.array as da
 
-        group = self.text(split).group
-        name = sentence_array(teacher)
-        if name not in group:
-            raise StoreError(f"{group.path}: no array {name!r}; present: {sorted(group.array_keys())}")
-        arr = group[name]
-        return da.from_zarr(arr, chunks=(max(1, rows_per_block), arr.shape[1]))
+        text = self.text(split)
+        arr = _named(text.group, sentence_array(teacher), text.where)
+        return da.from_array(arr, chunks=(max(1, rows_per_block), arr.shape[1]))
 
 
 class TextWriter:
     """Writes a split's text arrays batch by batch; `commit` marks it complete."""
 
-    def __init__(self, group: zarr.Group, n_queries: int, arrays: dict[str, tuple[int, ...]]):
+    def __init__(self, group: zarr.Group, n_queries: int, arrays: dict[str, tuple[int, ...]],
+                 record: Callable[[str], dict] | None = None, fence: Callable[[], None] | None = None):
         self._group = group
+        self._record = record
+        self._fence = fence
         for name, tail in arrays.items():
             dtype = "int32" if name.startswith("token_lengths.") else "float16"
             row_bytes = int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -536,4 +708,7 @@ class TextWriter:
 
     def commit(self, fingerprint: str) -> None:
         self._group.attrs.update({"fingerprint": fingerprint})
-        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}})
+        record = self._record(self._group.path) if self._record else None
+        if self._fence:
+            self._fence()
+        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}, "integrity": record})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import zarr
 # zarr 3 warns that consolidated metadata is not yet part of the v3 spec; we use it
 # knowingly (written once a stage has finished), so the warning is noise for users.
 warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+# The store's writer lease (storage/lease.py) lives in `leases/`, beside the Zarr groups: zarr
+# notices a folder that is no group of its and says so at every listing of the root.
+warnings.filterwarnings("ignore", message="Object at leases is not recognized as a component of a Zarr hierarchy")
 
 
 def is_url(location: str) -> bool:
@@ -34,3 +38,32 @@ def store_exists(location: str) -> bool:
         fs, path = fsspec.core.url_to_fs(location)
         return fs.exists(f"{path.rstrip('/')}/zarr.json")
     return (Path(location.removeprefix("file://")) / "zarr.json").is_file()
+
+
+def list_sizes(location: str, prefix: str) -> dict[str, int]:
+    """Every object under `prefix` of a store, as {key relative to the store: size in bytes}.
+
+    One recursive listing (a directory walk; on object stores a paginated LIST), no reads.
+    """
+    prefix = prefix.strip("/")
+    if is_url(location):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(location)
+        try:
+            found = fs.find(f"{root.rstrip('/')}/{prefix}", detail=True)
+        except FileNotFoundError:
+            return {}
+        base = root.strip("/") + "/"  # some filesystems answer with a leading slash, some without
+        return {name.strip("/").removeprefix(base): int(info.get("size") or 0) for name, info in found.items()
+                if info.get("type", "file") == "file"}
+    root = Path(location.removeprefix("file://"))
+    sizes = {}
+    for folder, _, files in os.walk(root / prefix):
+        for name in files:
+            path = Path(folder) / name
+            try:
+                sizes[path.relative_to(root).as_posix()] = path.stat().st_size
+            except FileNotFoundError:  # removed while listing
+                pass
+    return sizes

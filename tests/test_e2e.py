@@ -72,7 +72,7 @@ def test_sigkill_mid_shard_then_rerun_equals_a_clean_run(tmp_path):
     for vid, _, _ in GOOD:
         for feature in clean.feature_names():
             np.testing.assert_array_equal(killed.video_frames(vid, feature)[0], clean.video_frames(vid, feature)[0])
-    status = json.loads(prvr(["status", str(cfg_killed), "--json"], env).stdout)
+    status = json.loads(prvr(["status", str(cfg_killed), "--stages", "extract", "--json"], env).stdout)
     assert status["complete"] and [s["state"] for s in status["shards"]] == ["committed"] * 3
 
 
@@ -97,7 +97,7 @@ def test_stack_and_deployment_end_to_end(tmp_path):
                              env=api, capture_output=True, text=True, timeout=500)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         assert "Completed" in run.stdout, run.stdout[-3000:]
-        status = json.loads(prvr(["status", str(cfg), "--json"], env).stdout)
+        status = json.loads(prvr(["status", str(cfg), "--stages", "extract", "--json"], env).stdout)
         assert status["complete"]
         left_out = {k for s in status["shards"] for k in s["failed_videos"]}
         assert left_out == {"bad_empty", "bad_trunc", "bad_text"}
