@@ -82,7 +82,7 @@ def teacher_status(cfg: RunConfig, store: FeatureStore | None, extract_complete:
 
 def train_status(cfg: RunConfig, store: FeatureStore | None) -> dict[str, Any]:
     """The newest checkpoint that loads: made under the current config and store, and finished?"""
-    from stages.train import config_fingerprint, data_fingerprint, distilled_teachers
+    from stages.train import config_fingerprint, data_fingerprint, distilled_teachers, stopped_early
     from storage.checkpoints import best_checkpoint, newest_loadable
     from storage.runs import RunPaths
 
@@ -101,8 +101,7 @@ def train_status(cfg: RunConfig, store: FeatureStore | None) -> dict[str, Any]:
     if checkpoint.get("config_fingerprint") != expected:
         return {**info, "state": "stale", "complete": False,
                 "summary": f"{path.name} was trained under another config or other data in the store"}
-    # The train stage's own stopping rule (stages/train.py, `done_early`): more than early_stop stale epochs.
-    finished = epochs >= cfg.train.epochs or int(checkpoint.get("stale_epochs", 0)) > cfg.train.early_stop
+    finished = epochs >= cfg.train.epochs or stopped_early(int(checkpoint.get("stale_epochs", 0)), cfg.train)
     if not best_checkpoint(paths).is_file():
         return {**info, "state": "incomplete", "complete": False, "summary": f"no {best_checkpoint(paths).name}"}
     summary = f"epoch {epochs} of {cfg.train.epochs}" + ("" if epochs >= cfg.train.epochs else

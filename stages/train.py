@@ -14,7 +14,6 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from configs.schema import RunConfig, TrainConfig
@@ -148,6 +147,11 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def stopped_early(stale_epochs: int, t: TrainConfig) -> bool:
+    """The early-stop rule (the reference code's): more than train.early_stop epochs without a gain."""
+    return stale_epochs > t.early_stop
+
+
 def make_optimizer(model: torch.nn.Module, t: TrainConfig,
                    total_steps: int) -> tuple[torch.optim.Optimizer, Callable[[int], float]]:
     """The optimizer of train.optimizer and its learning-rate factor per step (for LambdaLR)."""
@@ -233,7 +237,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
             best, stale_epochs = dict(state["best"]), state["stale_epochs"]
             log.info("resuming %s from %s (epoch %d done)", cfg.name, path.name, start_epoch)
-    done_early = stale_epochs > t.early_stop
+    done_early = stopped_early(stale_epochs, t)
     n_videos = len(train_data.video_ids)
     epochs_run = 0
     for epoch in range(start_epoch, t.epochs):
@@ -275,7 +279,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             stale_epochs = 0
         else:
             stale_epochs += 1
-        done_early = stale_epochs > t.early_stop
+        done_early = stopped_early(stale_epochs, t)
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         if improved:

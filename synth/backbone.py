@@ -11,12 +11,11 @@ preprocessing (models.visual.VideoBackbone) as extraction's.
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synth.report import TrainingReport
 from synth.presets import Preset, get_preset
 from synth.render import render_frame
 from synth.world import Scene, plan_scene
@@ -37,7 +37,7 @@ CLIPS_PER_SCENE = 6
 
 
 @dataclass
-class BackboneReport:
+class BackboneReport(TrainingReport):
     weights: Path
     architecture: str
     accuracy: float  # held-out clips, percent
@@ -67,13 +67,6 @@ class BackboneReport:
             f"window_stride: {self.stride}, visual_weights: {{{self.architecture}: {self.weights}}}}}",
         ]
 
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["weights"] = str(self.weights)
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def labels_of(preset: Preset) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ class WorldSummary:
             f"  {total_videos} videos, {total_queries} queries; videos/queries per split: {split_counts}",
             f"  {self.video_seconds / 60:.1f} min of video at {self.width}x{self.height}, {self.fps} fps; "
             f"mean {self.video_seconds / max(total_videos, 1):.1f} s per video",
-            f"  events per action: " + ", ".join(f"{a} {n}" for a, n in sorted(self.actions.items())),
+            "  events per action: " + ", ".join(f"{a} {n}" for a, n in sorted(self.actions.items())),
             f"  generated in {self.seconds:.1f} s with {self.workers} worker(s)",
         ]
 

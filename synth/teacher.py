@@ -8,11 +8,10 @@ as any CLIP checkpoint: `ClipEncoder("prvr-synth", pretrained=<path>)`.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from models.clip import ClipEncoder
 from synth.captions import still_caption
 from synth.generate import read_world_info
+from synth.report import TrainingReport
 from synth.presets import Preset, get_preset
 from synth.render import render_frame
 from synth.world import Still, grid_cell, plan_still
@@ -32,7 +32,7 @@ CHECKPOINT_NAME = f"{MODEL_NAME}.pt"
 
 
 @dataclass
-class TeacherReport:
+class TeacherReport(TrainingReport):
     checkpoint: Path
     model: str
     r1: float  # held-out text -> image recall@1, percent
@@ -57,13 +57,6 @@ class TeacherReport:
             f"  use it as: teacher: {{model: {self.model}, pretrained: {self.checkpoint}}}",
         ]
 
-    def __str__(self) -> str:
-        return "\n".join(self.lines())
-
-    def to_json(self) -> str:
-        data = asdict(self)
-        data["checkpoint"] = str(self.checkpoint)
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 @dataclass
