@@ -218,7 +218,8 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
                           distill_temperature=t.distill_temperature)
 
     start_epoch, step, history = 0, 0, []
-    best = {"metric": -1.0, "epoch": -1}
+    # -inf, not -1: without a validation split the metric is minus the training loss, which may be below -1.
+    best = {"metric": float("-inf"), "epoch": -1}
     stale_epochs = 0
     if t.resume:
         found = newest_loadable(paths)

@@ -73,6 +73,17 @@ def copy_of(extracted, tmp_path: Path) -> Path:
     return tmp_path
 
 
+def test_training_without_a_val_split_selects_on_the_training_loss(extracted):
+    """The fixture has no val split: the best epoch is the one of the lowest loss, also when every
+    loss is above 1 (the best metric started at -1, so no epoch counted and training failed)."""
+    folder, _ = extracted
+    _, state = newest_loadable(RunPaths.of(folder / "runs", "run"))
+    history = state["history"]
+    assert all(r["val_SumR"] == -r["loss"] for r in history)
+    assert state["best"]["epoch"] == int(np.argmax([r["val_SumR"] for r in history]))
+    assert load_checkpoint(best_checkpoint(RunPaths.of(folder / "runs", "run")))["epoch"] == state["best"]["epoch"]
+
+
 # ---- item 2: queries whose video failed extraction ---------------------------------------
 def test_queries_of_failed_videos_count_as_misses(extracted, tmp_path, caplog):
     folder, dataset = extracted
