@@ -49,6 +49,6 @@ def fetch_pretrained(model: str, pretrained: str | None, folder: Path) -> None:
 
 
 def fetch_teacher_weights(cfg: RunConfig) -> None:
-    """Every teacher extraction loads; raises WeightsUnavailable."""
+    """The weights of every teacher that extraction loads, each fetched once; raises WeightsUnavailable."""
     for teacher in cfg.extract.teacher:
         fetch_pretrained(teacher.model, teacher.pretrained, cfg.dataset.root)
