@@ -11,6 +11,7 @@ from flows.progress import artifact_key
 from flows import runners
 from stages import extract as ex
 from stages.manifest import load_manifest
+from stages.weights import fetch_teacher_weights
 from storage.features import FeatureStore
 from storage.lease import StoreLease
 
@@ -81,6 +82,8 @@ def _extract(config: RunConfig, lease_token: str) -> dict:
     text_todo = list(work.texts)
     logger.info("%d shards, %d to extract (%s); text splits to encode: %s", len(plans), len(todo),
                 [p.index for p in todo], text_todo)
+    if todo or text_todo:  # once, here: offline, every shard and retry would fail the same way
+        fetch_teacher_weights(config)
 
     progress_id = create_progress_artifact(0.0, key=artifact_key(config, "extract-progress"),
                                            description=f"shards of {config.name}")

@@ -91,12 +91,12 @@ def train_flow(config: RunConfig) -> dict:
 def evaluate_task(config: RunConfig) -> dict:
     from pathlib import Path
 
-    from stages.report import metrics_table_rows, report_without_images
+    from stages.report import metrics_table_rows, queries_text, report_without_images
 
     progress = ProgressArtifact(artifact_key(config, "evaluate-progress"), f"evaluate {config.name}")
     summary = ev.evaluate_run(config, progress=progress)
     create_table_artifact(metrics_table_rows(summary), key=artifact_key(config, "metrics"),
-                          description=f"{config.name}: {summary['split']}")
+                          description=f"{config.name}: {summary['split']}, queries {queries_text(summary)}")
     report = summary["files"].get("report")
     if report:
         text = report_without_images(Path(report).read_text(encoding="utf-8"), Path(report).parent)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
 
 from configs.schema import load_config
 from flows.extract import extract_flow_for
+from flows.logs import give_extra_loggers_a_level
+from flows.stage_names import ALL_STAGES, Stage
 from stages.sources import check_source, is_release
 
-Stage = Literal["extract", "teacher", "train", "evaluate"]
-ALL_STAGES: list[Stage] = ["extract", "teacher", "train", "evaluate"]
+# Every process that runs the pipeline imports this module (`prvr run`, a worker's flow run).
+give_extra_loggers_a_level()
 
 
 @flow(name="prvr", log_prints=True)

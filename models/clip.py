@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -209,6 +210,20 @@ def project_pooled(projection: nn.Linear | torch.Tensor | None, pooled: torch.Te
     return pooled @ projection
 
 
+@contextlib.contextmanager
+def _without_random_init_notice() -> Iterator[None]:
+    """open_clip warns "No pretrained weights loaded ... initialized randomly" (through the root
+    logger) also when random weights are what was asked for: pretrained=None."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+    logging.getLogger().addFilter(keep)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(keep)
+
+
 class ClipEncoder:
     """A frozen open_clip model with batch helpers returning float32 CPU tensors.
 
@@ -254,7 +269,8 @@ class ClipEncoder:
                 )
 
         # Random init consumes the global RNG: seed it, without disturbing the caller's RNG stream.
-        with torch.random.fork_rng(devices=[]):
+        quiet = _without_random_init_notice() if pretrained is None else contextlib.nullcontext()
+        with torch.random.fork_rng(devices=[]), quiet:
             torch.manual_seed(seed)
             try:
                 clip_model = open_clip.create_model(

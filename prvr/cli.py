@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from flows.stage_names import ALL_STAGES
 from prvr.env import apply_defaults
 
 apply_defaults()  # before anything imports prefect
@@ -26,7 +28,34 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class _WithoutTraceback(logging.Formatter):
+    """Formats a record as `inner` does, leaving out its traceback."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self._inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not (record.exc_info or record.exc_text):
+            return self._inner.format(record)
+        plain = logging.makeLogRecord(record.__dict__)  # the record itself also goes to the API handler
+        plain.exc_info = plain.exc_text = None
+        return self._inner.format(plain)
+
+
+def _tracebacks_only_in_prefect_logs() -> None:
+    """A failure logs one traceback each for its task, subflow and flow: the terminal keeps their
+    one-line messages, the run's logs in the Prefect UI keep the tracebacks."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.setFormatter(_WithoutTraceback(handler.formatter))
+
+
 PROFILE_HELP = "a profile of the config file (e.g. `videos` in configs/tvr.yaml: the raw-video route)"
+PORT_HELP = "port of the local Prefect server (default: $PRVR_PREFECT_PORT, else 4200)"
+STAGES_HELP = f"a stage to run, repeatable: {', '.join(ALL_STAGES)} (default: all; they run in that order)"
 
 
 def _load(config: Path, overrides: list[str], profile: Optional[str] = None):
@@ -48,13 +77,13 @@ def _load(config: Path, overrides: list[str], profile: Optional[str] = None):
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="YAML run config"),
-    stages: Optional[list[str]] = typer.Option(None, "--stages", "-s", help="stages to run (default: all)"),
+    stages: Optional[list[str]] = typer.Option(None, "--stages", "-s", help=STAGES_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show the tracebacks of failed tasks and flows "
+                                 "here too (they are always in the run's logs in the Prefect UI)"),
 ) -> None:
     """Run the pipeline in this process (a local ephemeral Prefect API unless PREFECT_API_URL is set)."""
-    from flows.pipeline import ALL_STAGES
-
     _load(config, set_ or [], profile)  # validate everything before Prefect starts
     unknown = sorted(set(stages or []) - set(ALL_STAGES))
     if unknown:
@@ -63,6 +92,8 @@ def run(
     from flows.pipeline import prvr_flow
     from prvr.stack import use_ephemeral_api
 
+    if not verbose:
+        _tracebacks_only_in_prefect_logs()
     flat = {".".join(keys): value for keys, value in map(parse_override, set_ or [])}
     use_ephemeral_api()  # instead of Prefect's own: this one dies with us, even on kill -9
     state = prvr_flow(str(config.resolve()), stages=stages or None, overrides=flat, profile=profile,
@@ -178,10 +209,10 @@ def status(
 def search(
     config: Path = typer.Argument(..., help="YAML run config of a trained run"),
     text: str = typer.Argument(..., help="what happens in the moment you look for"),
-    top: int = typer.Option(10, "--top", "-k", min=1),
+    top: int = typer.Option(10, "--top", "-k", min=1, help="how many videos to show"),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Rank the stored videos for a sentence with the trained student; show the matching moment."""
     from stages.search import search as run_search
@@ -263,7 +294,7 @@ def synth_backbone(
 
 
 @stack_app.command("up")
-def stack_up(port: Optional[int] = typer.Option(None, help="server port (default 4200)")) -> None:
+def stack_up(port: Optional[int] = typer.Option(None, help=PORT_HELP)) -> None:
     """Start the server, create the work pool, apply the deployments, start one worker."""
     from prvr import stack
 
@@ -274,7 +305,7 @@ def stack_up(port: Optional[int] = typer.Option(None, help="server port (default
 
 
 @stack_app.command("down")
-def stack_down(port: Optional[int] = typer.Option(None)) -> None:
+def stack_down(port: Optional[int] = typer.Option(None, help=PORT_HELP)) -> None:
     """Stop the worker and the server cleanly."""
     from prvr import stack
 
@@ -282,7 +313,8 @@ def stack_down(port: Optional[int] = typer.Option(None)) -> None:
 
 
 @stack_app.command("status")
-def stack_status(port: Optional[int] = typer.Option(None)) -> None:
+def stack_status(port: Optional[int] = typer.Option(None, help=PORT_HELP)) -> None:
+    """Whether the local stack's server answers, its pids and log folder, as JSON; exit 1 when it does not."""
     from prvr import stack
 
     info = stack.status(stack.Stack.from_env(port=port))
@@ -295,7 +327,7 @@ def stack_status(port: Optional[int] = typer.Option(None)) -> None:
 def stack_snapshot(
     config: Path = typer.Argument(..., help="YAML run config: screenshots go to its run folder"),
     run_id: Optional[str] = typer.Option(None, "--run", help="flow run id (default: the newest `prvr` run)"),
-    port: Optional[int] = typer.Option(None),
+    port: Optional[int] = typer.Option(None, help=PORT_HELP),
 ) -> None:
     """Screenshots of a finished run in the Prefect UI (headless Chromium), into <run folder>/screenshots."""
     from prvr import stack, ui_snapshots

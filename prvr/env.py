@@ -12,8 +12,10 @@ DEFAULTS = {
     "PREFECT_HOME": str(PROJECT_ROOT / ".prefect"),
     # Analytics writes to SQLite concurrently and causes "database is locked" noise.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # Our stage modules log through `prvr.*`; show those lines in the Prefect UI too.
+    # Our stage modules log through `prvr.*`; show those lines in the Prefect UI too (flows.logs gives
+    # them their level). Outside a flow run (prvr search, prvr import) there is no run to send them to.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "prvr",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     # The in-process (ephemeral) API server starts slowly on a loaded 2-core machine.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     # Offline by default: a hub download must fail fast, not hang.

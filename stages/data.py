@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +12,8 @@ from configs.schema import RunConfig
 from stages.extract import visual_feature
 from stages.sources import student_text_features
 from storage.features import FeatureStore, StoreError, resampled_rows, teacher_array
+
+log = logging.getLogger("prvr.data")
 
 
 @dataclass
@@ -31,6 +34,9 @@ class SplitData:
     # key -> (frames (N, T, Dt), sentences (Q, Dt)) float16, normalised: in-batch teacher scores (DL-DKD++)
     teacher_views: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     queries_by_video: list[np.ndarray] = field(default_factory=list)
+    # Queries of the split whose video is not in the store (its extraction failed): evaluation counts them
+    # as misses, training cannot use them.
+    queries_without_video: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         order = self.query_video.numpy()
@@ -121,7 +127,12 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
     index = {vid: i for i, vid in enumerate(videos.video_ids)}
 
     text = store.text(split)
-    keep = [i for i, vid in enumerate(text.video_ids) if vid in index]  # queries of videos left out have no video
+    keep = [i for i, vid in enumerate(text.video_ids) if vid in index]
+    without_video = [q for q, vid in zip(text.query_ids, text.video_ids) if vid not in index]
+    if without_video:
+        log.warning("split %s: %d of %d queries have no video in the store (its extraction failed?), e.g. %s; "
+                    "training leaves them out, evaluation counts them as misses",
+                    split, len(without_video), len(text.query_ids), without_video[:5])
     tok_key = student_text_features(cfg)
     tokens, lengths = text.tokens(tok_key)
     tokens, lengths = tokens[keep], lengths[keep]
@@ -132,7 +143,7 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
         times=videos.times, query_ids=[text.query_ids[i] for i in keep],
         texts=[text.texts[i] for i in keep], tokens=torch.from_numpy(tokens), token_mask=torch.from_numpy(token_mask),
         query_video=torch.from_numpy(query_video), moments=text.moments[keep],
-        durations=videos.durations,
+        durations=videos.durations, queries_without_video=without_video,
     )
     if teacher_views:
         max_frames = cfg.train.max_frames or cfg.extract.max_frames

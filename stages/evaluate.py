@@ -58,8 +58,9 @@ def evaluate_student(model, data: SplitData, branch: str, device: torch.device |
         return model.score_encoded(q, gallery, mask, branch).float().cpu().numpy()
 
     # Pessimistic ties: a collapsed model that scores every video alike must not look perfect.
+    # Queries whose video failed extraction are misses, not left out: they would inflate every figure.
     return evaluate_chunked(score_chunk, data.query_video.numpy(), chunk=chunk, progress=progress,
-                            ties="pessimistic")
+                            ties="pessimistic", misses=len(data.queries_without_video))
 
 
 def own_video_frame_scores(model, queries: dict[str, torch.Tensor], frames: dict[str, torch.Tensor],
@@ -114,7 +115,8 @@ def teacher_zero_shot(store: FeatureStore, teacher: str, split: str, data: Split
     row = {qid: i for i, qid in enumerate(query_ids)}
     rows = np.array([row[q] for q in data.query_ids])
     positive = np.array([column[data.video_ids[v]] for v in data.query_video.numpy()])
-    metrics, _ = evaluate_chunked(lambda sl: sim[rows[sl]].astype(np.float32), positive, ties="pessimistic")
+    metrics, _ = evaluate_chunked(lambda sl: sim[rows[sl]].astype(np.float32), positive, ties="pessimistic",
+                                  misses=len(data.queries_without_video))
     return metrics
 
 
@@ -123,7 +125,7 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
     `progress(fraction, message)` hears each step and each chunk of queries ranked."""
     from models.clip import resolve_device
     from stages.report import write_run_report
-    from stages.train import load_trained_student
+    from stages.trained import load_trained_student
     from storage.checkpoints import newest_loadable
 
     def report(fraction: float, message: str) -> None:
@@ -134,7 +136,7 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
     split = cfg.evaluate.split
     store = FeatureStore(cfg.store)
     report(0.0, f"loading the student and the {split} split")
-    model, branch, state = load_trained_student(cfg, cfg.evaluate.checkpoint, str(device))
+    model, branch, state = load_trained_student(cfg, cfg.evaluate.checkpoint, str(device), store)
     data = load_split(cfg, split, (), store)
     report(0.1, f"encoding {len(data.video_ids)} videos and {len(data.query_ids)} queries")
     encoded = encode_split(model, data, device, branch)
@@ -163,7 +165,9 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
     paths = RunPaths.of(cfg.runs_dir, cfg.name)
     found = newest_loadable(paths)
     history = list(found[1]["history"]) if found else []
-    summary = {"run": cfg.name, "split": split, "queries": len(data.query_ids), "videos": len(data.video_ids),
+    missing = len(data.queries_without_video)
+    summary = {"run": cfg.name, "split": split, "queries": len(data.query_ids) + missing,
+               "queries_without_video": missing, "videos": len(data.video_ids),
                "best_epoch": state.get("epoch"), "methods": methods, "moments": moments}
     report(0.95, "writing metrics, report and plots")
     files = write_run_report(paths.root, summary, history, title=f"prvr run {cfg.name}")

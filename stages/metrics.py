@@ -16,6 +16,10 @@ everywhere (R@1 = 100) under the optimistic rule and rank V under the pessimisti
 so RankAccumulator counts the queries whose positive is tied with some other video
 (`tied_queries`) to make such a case visible. NaN scores are rejected: a NaN never
 compares greater, so it would silently rank first under either rule.
+
+Misses: a query whose video is not in the gallery at all (its extraction failed) still counts
+in every recall, as found at no K (it ranks after every video, also past a gallery smaller than
+K), so a failed video lowers recall instead of silently leaving the figures.
 """
 
 from __future__ import annotations
@@ -83,12 +87,14 @@ def ranks_of_positives(
     return 1 + higher + (equal if ties == "pessimistic" else 0)
 
 
-def recall_at_k(ranks: np.ndarray, ks: tuple[int, ...] = KS) -> dict[str, float]:
-    """{"R@k": percent of queries with rank <= k (0..100) for each k, "SumR": their sum}."""
+def recall_at_k(ranks: np.ndarray, ks: tuple[int, ...] = KS, misses: int = 0) -> dict[str, float]:
+    """{"R@k": percent of queries with rank <= k (0..100) for each k, "SumR": their sum}, over the
+    ranked queries plus `misses` queries whose video is not in the gallery (found at no k)."""
     ranks = np.asarray(ranks)
-    if ranks.ndim != 1 or ranks.size == 0:
+    if ranks.ndim != 1 or ranks.size + misses == 0:
         raise ValueError(f"ranks must be a non-empty 1-d array, got shape {ranks.shape}")
-    result = {f"R@{k}": float(100.0 * np.mean(ranks <= k)) for k in ks}
+    total = ranks.size + misses
+    result = {f"R@{k}": float(100.0 * np.sum(ranks <= k) / total) for k in ks}
     result["SumR"] = float(sum(result[f"R@{k}"] for k in ks))
     return result
 
@@ -102,6 +108,11 @@ class RankAccumulator:
         self.ties: TieRule = ties
         self._chunks: list[np.ndarray] = []
         self.tied_queries = 0  # queries whose positive shares its score with another video
+        self.misses = 0  # queries whose video is not in the gallery
+
+    def add_misses(self, count: int) -> None:
+        """`count` queries whose video is not in the gallery: found at no K."""
+        self.misses += count
 
     def add(self, scores_chunk: np.ndarray | torch.Tensor, positive_chunk: np.ndarray) -> np.ndarray:
         """Rank one chunk of queries; returns that chunk's ranks."""
@@ -118,10 +129,11 @@ class RankAccumulator:
 
     @property
     def num_queries(self) -> int:
+        """Ranked queries; misses not included."""
         return sum(len(chunk) for chunk in self._chunks)
 
     def result(self) -> dict[str, float]:
-        return recall_at_k(self.ranks, self.ks)
+        return recall_at_k(self.ranks, self.ks, self.misses)
 
 
 def evaluate_chunked(
@@ -131,18 +143,21 @@ def evaluate_chunked(
     progress: Progress | None = None,
     ks: tuple[int, ...] = KS,
     ties: TieRule = "optimistic",
+    misses: int = 0,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Rank every query against the whole gallery, `chunk` queries at a time.
 
     score_chunk(query_slice) must return the (len(slice), V) score block for those queries.
     positive: (Q,) ground-truth video column per query. progress(done, total) is called
-    after each chunk. Returns (recall_at_k metrics, (Q,) ranks).
+    after each chunk. `misses`: more queries, whose video is not in the gallery; the metrics
+    count them as found at no K. Returns (recall_at_k metrics, (Q,) ranks of the ranked queries).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     positive = np.asarray(positive)
     total = len(positive)
     accumulator = RankAccumulator(ks=ks, ties=ties)
+    accumulator.add_misses(misses)
     for start in range(0, total, chunk):
         queries = slice(start, min(start + chunk, total))
         scores = score_chunk(queries)

@@ -52,6 +52,15 @@ def metrics_table_rows(metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def queries_text(metrics: Mapping[str, Any]) -> str:
+    """"N" or "N (M whose video is missing from the store, counted as misses)": how many queries the
+    figures are over, and how many of them could not be ranked because their video failed extraction."""
+    total, missing = metrics.get("queries"), metrics.get("queries_without_video") or 0
+    if not missing:
+        return str(total)
+    return f"{total} ({missing} whose video is missing from the store, counted as misses)"
+
+
 def _format_cell(value: Any) -> str:
     if value is None:
         return ""
@@ -256,7 +265,9 @@ def _report_markdown(title: str, metrics: Mapping[str, Any], history: Sequence[M
     else:
         parts.append("No moment annotations evaluated.\n")
 
-    extras = {k: v for k, v in metrics.items() if k not in ("methods", "moments")}
+    extras = {k: v for k, v in metrics.items() if k not in ("methods", "moments", "queries_without_video")}
+    if "queries" in extras:
+        extras["queries"] = queries_text(metrics)
     if extras:
         parts.append("\n## Run\n\n")
         scalars = [{"key": k, "value": (str(v) if isinstance(v, Path) else v)} for k, v in extras.items() if _is_scalar(v)]

@@ -25,7 +25,8 @@ def search(cfg: RunConfig, text: str, top: int = 10, splits: list[str] | None = 
     from models.clip import load_clip_encoder, resolve_device
     from stages.evaluate import own_video_frame_scores
     from stages.moments import predict_moment
-    from stages.train import load_trained_student
+    from stages.trained import load_trained_student
+    from stages.weights import fetch_pretrained
 
     if not text.strip():
         raise ValueError("the query text is empty")
@@ -35,9 +36,10 @@ def search(cfg: RunConfig, text: str, top: int = 10, splits: list[str] | None = 
                          f"stores extracted from raw videos (prvr import tvr|activitynet|charades, then prvr run).")
     device = resolve_device(cfg.train.device)
     store = FeatureStore(cfg.store)
-    model, branch, _ = load_trained_student(cfg, "best", device)
+    model, branch, _ = load_trained_student(cfg, cfg.evaluate.checkpoint, device, store)  # best unless set
     gallery = load_videos(cfg, splits or store.text_splits(), store)
     teacher = next(t for t in cfg.extract.teacher if t.key == token_model(cfg.extract))
+    fetch_pretrained(teacher.model, teacher.pretrained, cfg.dataset.root)
     encoder = load_clip_encoder(teacher.model, teacher.pretrained, device, cfg.extract.seed)
     # The same token budget extraction used for the stored queries.
     tokens, lengths = encoder.encode_tokens([text], max_tokens=min(cfg.extract.max_tokens, encoder.context_length))

@@ -178,7 +178,8 @@ def _restore_rng(state: dict[str, torch.Tensor], gens: dict[str, torch.Generator
         torch.cuda.set_rng_state_all(list(state["cuda"]))
 
 
-def _diff(old: dict, new: dict) -> list[str]:
+def changed_train_keys(old: dict, new: dict) -> list[str]:
+    """Train settings that differ and change the trajectory."""
     return sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_KEYS and old.get(k) != new.get(k))
 
 
@@ -204,6 +205,9 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     model_cfg = student_config(cfg, train_data)
     # The student's shapes too: a checkpoint of other shapes is refused with a reason, not a load error.
     config_fp = config_fingerprint(t, data_fp, asdict(model_cfg))
+    # What the fingerprint is made of, kept in every checkpoint: evaluation names what changed since.
+    trained_on = {"store_commits": store.commit_fingerprints(), "teachers": teachers, "train_config": t.model_dump(),
+                  "branch": eval_branch(t)}
 
     torch.manual_seed(t.seed)
     gens = {"shuffle": torch.Generator().manual_seed(t.seed + 1), "negatives": torch.Generator().manual_seed(t.seed + 2)}
@@ -218,16 +222,20 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
                           distill_temperature=t.distill_temperature)
 
     start_epoch, step, history = 0, 0, []
-    best = {"metric": -1.0, "epoch": -1}
+    # -inf, not -1: without a validation split the metric is minus the training loss, which may be below -1.
+    best = {"metric": float("-inf"), "epoch": -1}
     stale_epochs = 0
     if t.resume:
         found = newest_loadable(paths)
         if found is not None:
             path, state = found
             if state.get("config_fingerprint") != config_fp:
-                changed = _diff(state.get("train_config", {}), t.model_dump())
+                from stages.trained import stale_reasons
+
+                changed = changed_train_keys(state.get("train_config", {}), t.model_dump())
                 raise CheckpointError(
-                    f"{path} was written by an incompatible config (changed: {changed or 'the data in the store'}); "
+                    f"{path} was written by an incompatible config "
+                    f"(changed: {changed or '; '.join(stale_reasons(cfg, store, state))}); "
                     f"use another run name, or --set train.resume=false to start over")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -285,13 +293,14 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
         if improved:
             save_checkpoint(best_checkpoint(paths), {
                 "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "epoch": epoch, "metric": best["metric"],
-                "student_config": asdict(model_cfg), "config_fingerprint": config_fp, "branch": eval_branch(t)})
+                "student_config": asdict(model_cfg), "config_fingerprint": config_fp, **trained_on})
         save_checkpoint(epoch_checkpoint(paths, epoch + 1), {
             "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": _rng_state(gens), "best": best, "stale_epochs": stale_epochs, "history": history,
-            "config_fingerprint": config_fp, "train_config": t.model_dump(), "student_config": asdict(model_cfg)})
-        prune_epoch_checkpoints(paths)
+            "config_fingerprint": config_fp, **trained_on, "student_config": asdict(model_cfg)})
+        # The best epoch's checkpoint stays: best.pt can always be rebuilt from it.
+        prune_epoch_checkpoints(paths, protect=best["epoch"] + 1, fingerprint=config_fp)
         epochs_run += 1
         log.info("epoch %d: loss %.4f, distill weight %.4f, val SumR %.2f%s", epoch, record["loss"],
                  record["distill_weight"], record["val_SumR"], " (best)" if improved else "")
@@ -301,26 +310,3 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
         raise CheckpointError(f"run {cfg.name}: no epoch was trained")
     return {"run": cfg.name, "best_epoch": best["epoch"], "best_val_SumR": best["metric"], "epochs_done": len(history),
             "early_stopped": done_early, "history": history, "checkpoint": str(best_checkpoint(paths))}
-
-
-def load_trained_student(cfg: RunConfig, which: str = "best", device: str = "cpu"):
-    """The trained student of run `cfg.name` and the branch to score with."""
-    from models.student import DLDKDStudent, StudentConfig
-    from storage.checkpoints import load_checkpoint
-
-    paths = RunPaths.of(cfg.runs_dir, cfg.name)
-    if which == "best":
-        path = best_checkpoint(paths)
-        if not path.exists():
-            raise CheckpointError(f"no trained model in {paths.root}; run the train stage first")
-        state = load_checkpoint(path)
-    else:
-        found = newest_loadable(paths)
-        if found is None:
-            raise CheckpointError(f"no loadable checkpoint in {paths.checkpoints}; run the train stage first")
-        state = found[1]
-    model = DLDKDStudent(StudentConfig(**state["student_config"]))
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
-    return model, state.get("branch", eval_branch(cfg.train)), state
-

@@ -47,17 +47,39 @@ def epoch_checkpoints(paths: RunPaths) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _try_load(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(state, "") or (None, why it does not load)."""
+    try:
+        return load_checkpoint(path), ""
+    except Exception as e:  # truncated zip, bad pickle, wrong format
+        return None, f"{type(e).__name__}: {str(e)[:200]}"
+
+
 def newest_loadable(paths: RunPaths) -> tuple[Path, dict[str, Any]] | None:
     """The newest epoch checkpoint that loads; truncated or corrupt ones are skipped with a warning."""
     for _, path in reversed(epoch_checkpoints(paths)):
-        try:
-            return path, load_checkpoint(path)
-        except Exception as e:  # truncated zip, bad pickle, wrong format
-            log.warning("skipping unreadable checkpoint %s: %s: %s", path, type(e).__name__, str(e)[:200])
+        state, error = _try_load(path)
+        if state is not None:
+            return path, state
+        log.warning("skipping unreadable checkpoint %s: %s", path, error)
     return None
 
 
-def prune_epoch_checkpoints(paths: RunPaths, keep: int = 2) -> None:
-    """Keep the last `keep` epoch checkpoints (the newest may be the one a crash left behind)."""
-    for _, path in epoch_checkpoints(paths)[:-keep]:
+def prune_epoch_checkpoints(paths: RunPaths, keep: int = 2, protect: int | None = None,
+                            fingerprint: str | None = None) -> None:
+    """Keep the `keep` newest epoch checkpoints that load and, given `fingerprint`, were written by
+    that training (the newest may be the one a crash left behind), plus epoch `protect` (the best
+    epoch's: best.pt can be rebuilt from it). Everything else goes, unreadable files and another
+    training's first: a higher-numbered corrupt file never pushes a good one out."""
+    kept = 0
+    for epoch, path in reversed(epoch_checkpoints(paths)):
+        if kept >= keep and epoch != protect:
+            path.unlink(missing_ok=True)
+            continue
+        state, error = _try_load(path)
+        if state is not None and fingerprint in (None, state.get("config_fingerprint")):
+            if kept < keep:
+                kept += 1
+            continue
+        log.warning("removing checkpoint %s: %s", path, error or "written by another training config")
         path.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from stages import train as tr
 from stages.data import load_split
 from stages.metrics import recall_at_k
 from stages.teacher import build_teacher_cache
+from stages.trained import load_trained_student
 from storage.features import FeatureStore
 from tests.store_fixtures import TEACHER_KEY, build_store, config, teacher_feature_name
 
@@ -68,7 +69,7 @@ def test_teacher_zero_shot_equals_a_direct_computation(trained):
 
 def test_chunked_scores_equal_one_chunk(trained):
     _, cfg = trained
-    model, branch, _ = tr.load_trained_student(cfg)
+    model, branch, _ = load_trained_student(cfg)
     data = load_split(cfg, "test")
     small, ranks_small = ev.evaluate_student(model, data, branch, chunk=3)
     whole, ranks_whole = ev.evaluate_student(model, data, branch, chunk=10_000)
@@ -87,7 +88,7 @@ def test_search_finds_a_queried_video(trained):
     import torch
 
     _, cfg = trained
-    model, branch, _ = tr.load_trained_student(cfg, "last")
+    model, branch, _ = load_trained_student(cfg, "last")
     data = load_split(cfg, "train")
     enc_q = model.encode_queries(data.tokens.float(), data.token_mask, branch)
     enc_v = model.encode_gallery(data.video.float(), data.video_mask, branch)

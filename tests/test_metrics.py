@@ -112,6 +112,20 @@ def test_recall_matches_direct(seed: int) -> None:
     assert custom["R@50"] == pytest.approx(direct_recall(ranks, (2, 50))["R@50"])
 
 
+def test_misses_count_as_found_at_no_k_even_past_a_small_gallery() -> None:
+    """Queries whose video is not in the gallery: in every denominator, never a hit; with 3 videos,
+    R@100 is not 100 when a query's video is missing."""
+    rng = np.random.default_rng(5)
+    scores, positive = random_problem(rng, 6, 3)
+    metrics, ranks = evaluate_chunked(lambda s: scores[s], positive, chunk=4, misses=2)
+    np.testing.assert_array_equal(ranks, direct_ranks(scores, positive, "optimistic"))  # the ranked ones only
+    hits = {k: int((ranks <= k).sum()) for k in (1, 5, 10, 100)}
+    assert metrics == pytest.approx({**{f"R@{k}": 100.0 * n / 8 for k, n in hits.items()},
+                                     "SumR": sum(100.0 * n / 8 for n in hits.values())})
+    assert metrics["R@100"] == 75.0
+    assert recall_at_k(np.zeros(0, dtype=np.int64), misses=3)["SumR"] == 0.0
+
+
 def test_recall_rejects_no_queries() -> None:
     with pytest.raises(ValueError):
         recall_at_k(np.zeros(0, dtype=np.int64))
