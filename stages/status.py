@@ -82,7 +82,7 @@ def teacher_status(cfg: RunConfig, store: FeatureStore | None, extract_complete:
 
 def train_status(cfg: RunConfig, store: FeatureStore | None) -> dict[str, Any]:
     """The newest checkpoint that loads: made under the current config and store, and finished?"""
-    from stages.train import config_fingerprint, data_fingerprint, distilled_teachers, stopped_early
+    from stages.run_identity import config_fingerprint, data_fingerprint, distilled_teachers, stopped_early
     from storage.checkpoints import best_checkpoint, newest_loadable
     from storage.runs import RunPaths
 

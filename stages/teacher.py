@@ -27,7 +27,7 @@ from configs.schema import RunConfig, TeacherSpec
 from stages.extract import teacher_feature
 from storage.features import FeatureStore, StoreError
 from storage.fingerprint import fingerprint
-from storage.teacher_cache import TeacherCache, video_sim_chunks
+from storage.teacher_cache import TeacherCache
 
 if TYPE_CHECKING:
     import dask.array as da

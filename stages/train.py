@@ -21,29 +21,16 @@ from stages.data import SplitData, load_split
 from storage.checkpoints import (
     CheckpointError, best_checkpoint, epoch_checkpoint, newest_loadable, prune_epoch_checkpoints, save_checkpoint,
 )
+from stages.run_identity import (  # noqa: F401  (re-exported: the training's identity, used here and by callers)
+    active_branches, changed_train_keys, config_fingerprint, data_fingerprint, distilled_teachers, eval_branch,
+    stopped_early,
+)
 from storage.features import FeatureStore, StoreError
-from storage.fingerprint import fingerprint
 from storage.runs import RunPaths
 
 log = logging.getLogger("prvr.train")
 CHECKPOINT_FORMAT = 1
-# Settings that may change between a run and its resumption without changing the trajectory.
-_RESUMABLE_KEYS = {"resume", "device", "amp"}
 EpochCallback = Callable[[dict[str, Any]], None]
-
-
-def active_branches(train: TrainConfig) -> list[str]:
-    return ["inheritance", "exploration"] if train.branches == "both" else [train.branches]
-
-
-def eval_branch(train: TrainConfig) -> str:
-    return "fused" if train.branches == "both" else train.branches
-
-
-def distilled_teachers(cfg: RunConfig) -> list[str]:
-    if "inheritance" not in active_branches(cfg.train):
-        return []
-    return cfg.train.teachers or [t.key for t in cfg.extract.teacher]
 
 
 def require_teachers(cfg: RunConfig, store: FeatureStore, teachers: list[str]) -> None:
@@ -121,15 +108,6 @@ def student_config(cfg: RunConfig, data: SplitData):
                          fusion=t.fusion)
 
 
-def data_fingerprint(store: FeatureStore, teachers: list[str]) -> str:
-    return fingerprint({"store": store.commit_fingerprints(), "teachers": teachers})
-
-
-def config_fingerprint(train: TrainConfig, data_fp: str, student: dict | None = None) -> str:
-    settings = {k: v for k, v in train.model_dump().items() if k not in _RESUMABLE_KEYS}
-    return fingerprint({"train": settings, "data": data_fp, "student": student})
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     # BERT-style: no decay on biases, norms and embeddings-like 1-d parameters.
     decay, no_decay = [], []
@@ -145,11 +123,6 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     return factor
-
-
-def stopped_early(stale_epochs: int, t: TrainConfig) -> bool:
-    """The early-stop rule (the reference code's): more than train.early_stop epochs without a gain."""
-    return stale_epochs > t.early_stop
 
 
 def make_optimizer(model: torch.nn.Module, t: TrainConfig,
@@ -176,11 +149,6 @@ def _restore_rng(state: dict[str, torch.Tensor], gens: dict[str, torch.Generator
         g.set_state(state[k])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
-def changed_train_keys(old: dict, new: dict) -> list[str]:
-    """Train settings that differ and change the trajectory."""
-    return sorted(k for k in set(old) | set(new) if k not in _RESUMABLE_KEYS and old.get(k) != new.get(k))
 
 
 def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:

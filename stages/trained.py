@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import RunConfig
-from stages.train import changed_train_keys, config_fingerprint, data_fingerprint, distilled_teachers, eval_branch
+from stages.run_identity import changed_train_keys, config_fingerprint, data_fingerprint, distilled_teachers, eval_branch
 from storage.checkpoints import (
     CheckpointError, best_checkpoint, epoch_checkpoint, load_checkpoint, newest_loadable, save_checkpoint,
 )
