@@ -416,6 +416,20 @@ class ClipEncoder:
             return ids.argmax(dim=-1)  # the CLIP tokenizer's EOT has the largest id
         return (ids == tower.eos_id).int().argmax(dim=-1)
 
+    def token_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """(Q, context_length) token ids on the device -> (Q, L, token_dim) text transformer outputs after
+        ln_final, differentiable (encode_tokens is the inference wrapper; synth.teacher trains through it)."""
+        tower = self._require_text_tower()
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(ids).to(cast_dtype)
+        x = x + tower.positional_embedding.to(cast_dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask)
+        return tower.ln_final(x)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self._require_text_tower().token_embedding
+
     @torch.inference_mode()
     def encode_tokens(
         self, texts: list[str], max_tokens: int | None = None, batch_size: int | None = None
@@ -434,13 +448,9 @@ class ClipEncoder:
         keep = self.context_length if max_tokens is None else min(self.context_length, max_tokens)
         lengths = (self.eot_positions(ids) + 1).clamp_(max=keep).to(torch.int64)
         tokens = torch.zeros(ids.shape[0], keep, tower.width)
-        cast_dtype = tower.transformer.get_cast_dtype()
         for part in _batches(ids.shape[0], batch_size):
             with autocast_context(self.device):
-                x = tower.token_embedding(ids[part].to(self.device)).to(cast_dtype)
-                x = x + tower.positional_embedding.to(cast_dtype)
-                x = tower.transformer(x, attn_mask=tower.attn_mask)
-                x = tower.ln_final(x)
+                x = self.token_states(ids[part].to(self.device))
             tokens[part] = x[:, :keep].float().cpu()
         valid = torch.arange(keep).unsqueeze(0) < lengths.unsqueeze(1)
         tokens.mul_(valid.unsqueeze(-1))

@@ -22,6 +22,7 @@ from models.clip import ClipEncoder
 from synth.captions import still_caption
 from synth.generate import read_world_info
 from synth.report import TrainingReport
+from synth.language import corpus_vocabulary, language_corpus, next_token_loss
 from synth.presets import Preset, get_preset
 from synth.render import render_frame
 from synth.world import Still, grid_cell, plan_still
@@ -42,7 +43,9 @@ class TeacherReport(TrainingReport):
     train_stills: int
     steps: int
     batch_size: int
-    final_loss: float
+    final_loss: float  # the contrastive image-text loss
+    final_language_loss: float  # next-word loss on the world's sentences (nan when off)
+    language_sentences: int
     seed: int
     seconds: float
     threads: int
@@ -52,7 +55,8 @@ class TeacherReport(TrainingReport):
             f"synthetic teacher {self.model}: {self.checkpoint}",
             f"  held-out stills text->image R@1 {self.r1:.1f}% (chance {self.chance_r1:.2f}%), R@5 {self.r5:.1f}% "
             f"over {self.heldout} stills",
-            f"  {self.steps} steps of {self.batch_size} on {self.train_stills} stills, final loss {self.final_loss:.3f}; "
+            f"  {self.steps} steps of {self.batch_size} on {self.train_stills} stills, final loss {self.final_loss:.3f}, "
+            f"next-word loss {self.final_language_loss:.3f} on {self.language_sentences} sentences; "
             f"{self.seconds:.0f} s on {self.threads} CPU thread(s)",
             f"  use it as: teacher: {{model: {self.model}, pretrained: {self.checkpoint}}}",
         ]
@@ -112,11 +116,15 @@ def heldout_recall(encoder: ClipEncoder, stills: StillSet, captions: list[str]) 
 def train_synth_teacher(
     world: Path, out: Path | None = None, seed: int = 0, steps: int = 400, batch_size: int = 64,
     train_stills: int = 5000, heldout_stills: int = 500, lr: float = 2e-3, weight_decay: float = 0.05,
-    threads: int | None = None, log_every: int = 0,
+    threads: int | None = None, log_every: int = 0, language_sentences: int = 5000, language_weight: float = 1.0,
 ) -> TeacherReport:
     """Train the prvr-synth CLIP on stills of the world generated in `world` (its preset
     sets frame size and palette) and save it to `out` (default WORLD/teacher/prvr-synth.pt)
-    with a JSON report beside it. Deterministic per seed on a given machine and thread count."""
+    with a JSON report beside it. Deterministic per seed on a given machine and thread count.
+
+    Each step also trains the text tower to predict the next word of sentences of the world's
+    language (synth/language.py, weight `language_weight`; 0 turns it off): it reads the action
+    words the stills never show."""
     if steps < 1 or batch_size < 2 or heldout_stills < 2:
         raise ValueError("need steps >= 1, batch_size >= 2 and heldout_stills >= 2")
     if batch_size > train_stills:
@@ -132,6 +140,7 @@ def train_synth_teacher(
     heldout_set = make_stills(heldout_stills, preset, np.random.default_rng([seed, 11]))
     heldout_captions = captions_for(heldout_set, np.random.default_rng([seed, 12]))
     caption_rng = np.random.default_rng([seed, 13])
+    corpus = language_corpus(language_sentences, preset, seed) if language_weight > 0 else []
 
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -149,7 +158,10 @@ def train_synth_teacher(
         warmup = max(1, steps // 10)
         order = torch.randperm(train_stills, generator=order_gen)
         captions = captions_for(train_set, caption_rng)
-        cursor, loss_value = 0, float("nan")
+        corpus_ids = encoder.tokenize(corpus) if corpus else None
+        vocabulary = corpus_vocabulary(corpus_ids) if corpus else None
+        corpus_gen = torch.Generator().manual_seed(seed + 1)
+        cursor, loss_value, language_value = 0, float("nan"), float("nan")
         for step in range(steps):
             if cursor + batch_size > train_stills:  # next epoch: new order, new wordings
                 order = torch.randperm(train_stills, generator=order_gen)
@@ -165,14 +177,21 @@ def train_synth_teacher(
             logits = logit_scale * image_features @ text_features.T
             labels = torch.arange(len(index))
             loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            loss_value = float(loss.detach())
+            if corpus_ids is not None:
+                rows = torch.randint(len(corpus_ids), (batch_size,), generator=corpus_gen)
+                language = next_token_loss(encoder.token_states(corpus_ids[rows]), corpus_ids[rows],
+                                           encoder.token_embedding.weight, vocabulary)
+                loss = loss + language_weight * language
+                language_value = float(language.detach())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
-            loss_value = float(loss.detach())
             if log_every and (step % log_every == 0 or step == steps - 1):
-                print(f"teacher step {step + 1}/{steps} loss {loss_value:.3f}", flush=True)
+                print(f"teacher step {step + 1}/{steps} loss {loss_value:.3f} next-word loss {language_value:.3f}",
+                      flush=True)
 
         model.eval().requires_grad_(False)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.partial")
@@ -190,7 +209,8 @@ def train_synth_teacher(
     report = TeacherReport(
         checkpoint=out.resolve(), model=MODEL_NAME, r1=r1, r5=r5, chance_r1=100.0 / heldout_stills,
         heldout=heldout_stills, train_stills=train_stills, steps=steps, batch_size=batch_size,
-        final_loss=loss_value, seed=seed, seconds=time.perf_counter() - started, threads=used_threads,
+        final_loss=loss_value, final_language_loss=language_value, language_sentences=len(corpus), seed=seed,
+        seconds=time.perf_counter() - started, threads=used_threads,
     )
     (out.parent / out.with_suffix(".json").name).write_text(report.to_json(), encoding="utf-8")
     return report
