@@ -140,15 +140,16 @@ def build_index(cfg: RunConfig, splits: list[str] | None = None, progress: Progr
     report(0.05, f"loading the videos of {', '.join(inputs['splits'])}")
     gallery = load_videos(cfg, inputs["splits"], store)
     locations = store.video_index()
-    record = _write(root, model, branch, gallery, device, report)(
-        key, inputs, gallery.video_ids, [locations[v].split for v in gallery.video_ids], gallery.durations)
+    with _encoded(root, model, branch, gallery, device, report) as writer:  # removed again if the commit fails
+        record = writer.commit(key, inputs, gallery.video_ids, [locations[v].split for v in gallery.video_ids],
+                               gallery.durations)
     report(1.0, f"index of {len(gallery.video_ids)} videos written")
     return summary_of(record, root, skipped=False, seconds=time.perf_counter() - started)
 
 
 @torch.inference_mode()
-def _write(root: Path, model, branch: str, gallery, device: str, report: Progress):
-    """Encode the gallery chunk by chunk into a new build; returns its commit function."""
+def _encoded(root: Path, model, branch: str, gallery, device: str, report: Progress) -> IndexWriter:
+    """A new build with the gallery encoded into it chunk by chunk, ready to commit."""
     model.eval()
     lengths = gallery.video_mask.sum(1).numpy()
     if (lengths < 1).any():  # extraction samples at least one frame per video
@@ -171,7 +172,7 @@ def _write(root: Path, model, branch: str, gallery, device: str, report: Progres
         if writer is not None:
             writer.abort()
         raise
-    return writer.commit
+    return writer
 
 
 def summary_of(record: dict[str, Any], root: Path, skipped: bool, seconds: float) -> dict[str, Any]:

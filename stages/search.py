@@ -48,6 +48,8 @@ def check_query(text: Any) -> str:
         raise QueryError("the query text is empty")
     if len(text) > MAX_QUERY_CHARS:
         raise QueryError(f"the query is {len(text)} characters long; at most {MAX_QUERY_CHARS} are searched for")
+    if "\ufffd" in text:
+        raise QueryError("the query is not text: it holds U+FFFD, the mark of bytes that were not UTF-8")
     for position, char in enumerate(text):
         if unicodedata.category(char) in ("Cc", "Cs", "Co", "Cn") and char not in "\t\n\r":
             raise QueryError(f"the query is not text: it holds the control or unassigned character "
