@@ -8,7 +8,15 @@ backgrounds are not, with a random teacher (every query ranks the videos the sam
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from configs.schema import RunConfig, load_config
@@ -88,3 +96,44 @@ def trained_world(folder: Path) -> Path:
     config_path = write_config(folder, write_world(folder / "world"))
     extract_and_train(load_config(config_path))
     return config_path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(config_path: Path, port: int, timeout_s: float = 240) -> Iterator[tuple[str, list[str]]]:
+    """`prvr serve CONFIG --port PORT` as a user starts it, in its own process, until it answers;
+    yields (its base URL, its output lines once it has stopped) and stops it with Ctrl+C."""
+    import httpx
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen([sys.executable, "-c", "from prvr.cli import main; main()", "serve", str(config_path),
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    output: list[str] = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if server.poll() is not None:
+                raise AssertionError(f"prvr serve ended with {server.returncode}:\n{server.stdout.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError("prvr serve did not answer in time")
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/info", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", output
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            text, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            text, _ = server.communicate()
+        output.extend(text.splitlines())

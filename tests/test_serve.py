@@ -8,11 +8,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +18,8 @@ from PIL import Image
 from configs.schema import load_config
 from prvr.serve import MAX_TOP, VideoFiles, create_app
 from stages.search import Searcher
-from tests.search_world import EVENTS, query_text, trained_world
+from tests.search_world import EVENTS, free_port, query_text, running_server, trained_world
 
-ROOT = Path(__file__).resolve().parents[1]
 COLOUR_RGB = {"red": (255, 0, 0), "green": (0, 128, 0), "blue": (0, 0, 255)}
 
 
@@ -170,12 +164,6 @@ def test_missing_files_and_links_out_of_the_root_are_not_served(world, searcher,
         assert c.get("/video/v03").status_code == 200
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening_addresses(port: int) -> set[str]:
     """Local addresses (hex, as /proc/net/tcp writes them) of sockets listening on `port`."""
     found = set()
@@ -194,27 +182,8 @@ def test_prvr_serve_listens_on_loopback_only_by_default(world):
     import httpx
 
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen([sys.executable, "-c", "from prvr.cli import main; main()", "serve", str(world),
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline, "prvr serve did not answer"
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/search", params={"q": query_text("blue"), "k": 3})
-                break
-            except httpx.TransportError:
-                time.sleep(0.5)
+    with running_server(world, port) as (url, output):
+        answer = httpx.get(f"{url}/search", params={"q": query_text("blue"), "k": 3})
         assert answer.status_code == 200 and len(answer.json()["results"]) == 3
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            output, _ = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            output, _ = server.communicate()
-    assert f"searching {len(EVENTS)} videos of run colours at http://127.0.0.1:{port}/" in output
+    assert f"searching {len(EVENTS)} videos of run colours at http://127.0.0.1:{port}/ (Ctrl+C stops)" in output
