@@ -174,21 +174,23 @@ class Searcher:
                 out[branch][rows] = F.linear(self.frames[branch][rows], half[branch])[:, 0]
 
         list(self.pool.map(score, self.blocks))
-        per_video = {b: torch.from_numpy(np.maximum.reduceat(s.float().numpy(), self.starts)) for b, s in out.items()}
+        # numpy converts float16 to float32 an order of magnitude faster than torch does on CPUs.
+        per_video = {b: torch.from_numpy(np.maximum.reduceat(s.numpy().astype(np.float32), self.starts))
+                     for b, s in out.items()}
         return self._fused(per_video)
 
     def _padded(self, videos: np.ndarray) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Frames of some videos as the student's (B, T, H) float32 gallery, with its mask."""
         t_max = int(self.lengths[videos].max())
         mask = torch.zeros(len(videos), t_max, dtype=torch.bool)
-        frames = {b: torch.zeros(len(videos), t_max, a.shape[1]) for b, a in self.frames.items()}
+        frames = {b: np.zeros((len(videos), t_max, a.shape[1]), dtype=np.float32) for b, a in self.index.frames.items()}
         for i, v in enumerate(videos):
             rows = self.index.rows(int(v))
             n = rows.stop - rows.start
             mask[i, :n] = True
-            for b, a in self.frames.items():
-                frames[b][i, :n] = a[rows].float()
-        return frames, mask
+            for b, a in self.index.frames.items():
+                frames[b][i, :n] = a[rows]
+        return {b: torch.from_numpy(f) for b, f in frames.items()}, mask
 
     @torch.inference_mode()
     def exact_scores(self, query: dict[str, torch.Tensor], videos: np.ndarray) -> np.ndarray:

@@ -187,3 +187,34 @@ def test_prvr_serve_listens_on_loopback_only_by_default(world):
         assert answer.status_code == 200 and len(answer.json()["results"]) == 3
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
     assert f"searching {len(EVENTS)} videos of run colours at http://127.0.0.1:{port}/ (Ctrl+C stops)" in output
+
+
+# ---- thumbnails' frames: stages.decode.decode_frame_at ------------------------------------------
+@pytest.mark.parametrize("name, codec", [("gray.mp4", "libx264"), ("gray.mkv", "av1")])
+def test_the_frame_shown_at_a_time_is_decoded_by_either_backend(tmp_path, name, codec):
+    """decord for h264; AV1, which decord's FFmpeg cannot decode, through the system ffmpeg. Each frame's
+    grey level tells which frame came back."""
+    from stages.decode import decode_frame_at, decode_video
+    from tests.videos import frame_gray_level, make_video
+
+    video = make_video(tmp_path / name, 4, fps=10, codec=codec, pattern="frame_gray")
+    sampled = decode_video(video, fps=2.0, max_frames=128, short_side=None)
+    for time_s, index, frame in zip(sampled.plan.times, sampled.plan.indices, sampled.samples()):
+        shown = decode_frame_at(video, float(time_s))
+        np.testing.assert_array_equal(shown, frame)  # a stored frame time gives back that frame
+        assert abs(float(shown.mean()) - frame_gray_level(int(index))) < 4
+    between = decode_frame_at(video, 1.27)  # shown from 1.2 s to 1.3 s: frame 12
+    assert abs(float(between.mean()) - frame_gray_level(12)) < 4
+    assert abs(float(decode_frame_at(video, 60.0).mean()) - frame_gray_level(39)) < 4  # past the end: the last
+    assert decode_frame_at(video, 0.0, short_side=60).shape[:2] == (60, 80)
+
+
+def test_playlists_named_like_videos_are_never_read_for_a_thumbnail(tmp_path):
+    from stages.decode import DecodeError, decode_frame_at
+
+    playlist = tmp_path / "v.mp4"
+    playlist.write_text("#EXTM3U\n#EXTINF:1,\n/etc/hostname\n")
+    with pytest.raises(DecodeError, match="an HLS playlist"):
+        decode_frame_at(playlist, 0.5)
+    with pytest.raises(ValueError, match="finite number >= 0"):
+        decode_frame_at(playlist, float("nan"))
