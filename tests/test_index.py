@@ -329,3 +329,18 @@ def test_index_stage_runs_in_the_pipeline_flow_and_skips_when_current(trained, t
         second = prvr_flow(str(trained), stages=["index"], overrides=overrides, index_splits=["test"])
     assert not first["index"]["skipped"] and first["index"]["splits"] == ["test"]
     assert second["index"]["skipped"] and second["index"]["built_at"] == first["index"]["built_at"]
+
+
+def test_a_release_run_has_no_index_and_says_why(tmp_path):
+    """Releases ship token features of their own queries only: no text model to encode a sentence."""
+    from stages.index import index_status
+    from tests.release_fixtures import make_release, write_release_config
+
+    cfg = load_config(write_release_config(tmp_path / "r.yaml", make_release(tmp_path / "release"),
+                                           tmp_path / "store.zarr", tmp_path / "runs"))
+    with pytest.raises(ValueError, match="free-text search needs the model that made the student's token features"):
+        build_index(cfg)
+    with pytest.raises(ValueError, match="free-text search needs"):
+        search(cfg, "a man opens the door")
+    status = index_status(cfg, None, train_complete=False)
+    assert status["state"] == "not applicable" and status["complete"]
