@@ -18,10 +18,11 @@ def index_task(config: RunConfig, splits: list[str] | None) -> dict:
     what = "unchanged, skipped" if summary["skipped"] else f"written in {summary['seconds']:.1f}s"
     get_run_logger().info("search index of %d videos (%s): %s", summary["videos"], ", ".join(summary["splits"]), what)
     create_markdown_artifact(
-        f"| index | videos | frames | splits | size | built at |\n|---|---|---|---|---|---|\n"
-        f"| {summary['index']} | {summary['videos']} | {summary['frames']} | {', '.join(summary['splits'])} | "
+        f"| videos | frames | splits | size | built at |\n|---|---|---|---|---|\n"
+        f"| {summary['videos']} | {summary['frames']} | {', '.join(summary['splits'])} | "
         f"{summary['bytes'] / 2**20:.1f} MiB | {summary['built_at']} |\n\n"
-        f"Search it: `prvr search CONFIG \"a sentence\"`, or `prvr serve CONFIG` for the page.",
+        f"In `{summary['index']}`. Search it: `prvr search CONFIG \"a sentence\"`, or `prvr serve CONFIG` "
+        f"for the page.",
         key=artifact_key(config, "index"), description=f"search index of {config.name} ({what})")
     return summary
 
