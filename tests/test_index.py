@@ -344,3 +344,20 @@ def test_a_release_run_has_no_index_and_says_why(tmp_path):
         search(cfg, "a man opens the door")
     status = index_status(cfg, None, train_complete=False)
     assert status["state"] == "not applicable" and status["complete"]
+
+
+def test_the_bench_compares_like_with_like(trained, tmp_path):
+    """bench/search.py's baseline (the search before the index: everything re-encoded per call) ranks as
+    the index does, and its random index is one a Searcher reads."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_search", Path(__file__).parents[1] / "bench" / "search.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = load_config(trained)
+    before = bench.search_by_reencoding(cfg, query_text("green"), top=len(EVENTS))
+    after = search(cfg, query_text("green"), top=len(EVENTS))
+    assert [v for v, _ in before] == [h.video_id for h in after]
+    assert max(abs(s - h.score) for (_, s), h in zip(before, after)) <= FLOAT16_UNIT + 1e-6
+    measured = bench.query_random_index(str(bench.random_index(tmp_path / "r", 50, 16).root), 16, 5, 2)
+    assert measured["rescored_candidates_median"] >= 5 and measured["memory_after_queries"]["rss_mib"] > 0
