@@ -82,8 +82,9 @@ def prvr_search_command(config: str, overrides: list[str], text: str, top: int) 
     import subprocess
 
     sets = [arg for o in overrides for arg in ("--set", o)]
-    subprocess.run([sys.executable, "-c", "from prvr.cli import main; main()", "search", config, text, "--top", str(top),
-                    *sets], check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run([sys.executable, "-c", "from prvr.cli import main; main()", "search", config, text,
+                    "--top", str(top), *sets], check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def bench_run(config: str, overrides: list[str], top: int) -> dict:
@@ -217,7 +218,8 @@ def main() -> None:
     out = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                        "load_average": [round(x, 2) for x in os.getloadavg()]}}
     cfg = load_config(args.config, args.overrides) if Path(args.config).exists() else None
-    if cfg is not None and Path(cfg.dataset.root).is_dir() and best_checkpoint(RunPaths.of(cfg.runs_dir, cfg.name)).exists():
+    trained = cfg is not None and best_checkpoint(RunPaths.of(cfg.runs_dir, cfg.name)).exists()
+    if trained and Path(cfg.dataset.root).is_dir():
         out["trained_run"] = bench_run(args.config, args.overrides, args.top)
     else:
         out["trained_run"] = f"skipped: no trained run for {args.config} (make demo makes one)"

@@ -86,7 +86,8 @@ def index_inputs(cfg: RunConfig, store: FeatureStore, state: dict[str, Any], bra
                        "weights": weights_fingerprint(state["model"])},
         "branch": branch,
         "store": store.commit_fingerprints(),
-        "student_input": {"visual": list(cfg.train.visual), "max_frames": cfg.train.max_frames or cfg.extract.max_frames},
+        "student_input": {"visual": list(cfg.train.visual),
+                          "max_frames": cfg.train.max_frames or cfg.extract.max_frames},
         "selection": sorted(splits) if splits else ALL,
         "splits": resolve_selection(store, splits),
     }
