@@ -22,9 +22,12 @@ def prvr_flow(
     stages: list[Stage] | None = None,
     overrides: dict[str, Any] | None = None,
     profile: str | None = None,
+    index_splits: list[str] | None = None,
 ) -> dict:
     """Run the pipeline's stages in order; `overrides` are dotted keys, e.g. {"extract.fps": 2};
-    `profile` picks a profile of the config file (e.g. "videos" in configs/tvr.yaml)."""
+    `profile` picks a profile of the config file (e.g. "videos" in configs/tvr.yaml); `index_splits`
+    the splits whose videos the search index holds (default: all videos)."""
+    from flows.index import index_flow
     from flows.model import evaluate_flow, teacher_flow, train_flow
 
     cfg = load_config(config_path, overrides or {}, profile)
@@ -47,4 +50,6 @@ def prvr_flow(
         results["train"] = train_flow(cfg)
     if "evaluate" in wanted:
         results["evaluate"] = {k: v for k, v in evaluate_flow(cfg).items() if k != "files"}
+    if "index" in wanted:
+        results["index"] = index_flow(cfg, index_splits)
     return results

@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-Stage = Literal["extract", "teacher", "train", "evaluate"]
+Stage = Literal["extract", "teacher", "train", "evaluate", "index"]
 ALL_STAGES: list[Stage] = list(get_args(Stage))

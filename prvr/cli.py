@@ -173,7 +173,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Every stage's state under the current config: the store's writer, each shard (committed, stale,
-    failed, missing, corrupt) and text split, the teacher caches, training and evaluation.
+    failed, missing, corrupt) and text split, the teacher caches, training, evaluation and the search index.
 
     Exit codes: 0 when every checked stage (--stages, default all) is complete and current;
     1 when one is not (a rerun would do work); 2 when the config or the dataset is invalid.
@@ -205,30 +205,109 @@ def status(
         raise typer.Exit(1)
 
 
+SPLIT_HELP = ("a split whose videos the index holds, repeatable (default: the index's own selection, all videos "
+              "when there is none); another selection rebuilds the index")
+
+
+def _open_searcher(cfg, splits: Optional[list[str]]):
+    """The run's searcher, its index brought up to date (progress on stderr); exits 2 when it cannot."""
+    from stages.search import Searcher
+    from storage.checkpoints import CheckpointError
+    from storage.features import StoreError
+    from storage.index import SearchIndexError
+
+    def progress(fraction: float, message: str) -> None:
+        if fraction in (0.0, 1.0) or "written" in message:
+            typer.echo(f"index: {message}", err=True)
+
+    try:
+        return Searcher.open(cfg, splits or None, progress=progress)
+    except (ValueError, StoreError, CheckpointError, SearchIndexError) as e:
+        _fail(str(e))
+
+
 @app.command()
 def search(
     config: Path = typer.Argument(..., help="YAML run config of a trained run"),
     text: str = typer.Argument(..., help="what happens in the moment you look for"),
     top: int = typer.Option(10, "--top", "-k", min=1, help="how many videos to show"),
+    split: Optional[list[str]] = typer.Option(None, "--split", help=SPLIT_HELP),
     set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output, with each video's frame scores"),
 ) -> None:
-    """Rank the stored videos for a sentence with the trained student; show the matching moment."""
-    from stages.search import search as run_search
+    """Rank the stored videos for a sentence with the trained student; show the matching moment.
+
+    Reads the run's search index (runs/<name>/index), built first when it is missing or stale."""
+    from stages.search import QueryError, check_query
+
+    cfg = _load(config, set_ or [], profile)
+    try:
+        check_query(text)
+    except QueryError as e:
+        _fail(str(e))
+    searcher = _open_searcher(cfg, split)
+    try:
+        hits = searcher.search(text, top)
+    finally:
+        searcher.close()
+    if as_json:
+        typer.echo(json.dumps([h.as_dict(timeline=True) for h in hits], indent=2))
+        return
+    for h in hits:
+        typer.echo(f"{h.rank:3d}. {h.video_id:20s} score {h.score:7.4f}   moment {h.moment[0]:6.1f}s - {h.moment[1]:6.1f}s")
+
+
+@app.command()
+def index(
+    config: Path = typer.Argument(..., help="YAML run config of a trained run"),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="a split whose videos the index holds, "
+                                              "repeatable (default: all videos)"),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
+) -> None:
+    """Build the run's search index (the index stage, in this process): skipped when it is current."""
+    from stages.index import build_index
     from storage.checkpoints import CheckpointError
     from storage.features import StoreError
 
     cfg = _load(config, set_ or [], profile)
     try:
-        hits = run_search(cfg, text, top)
+        summary = build_index(cfg, split or None)
     except (ValueError, StoreError, CheckpointError) as e:
         _fail(str(e))
-    if as_json:
-        typer.echo(json.dumps([h.__dict__ for h in hits], indent=2))
-        return
-    for h in hits:
-        typer.echo(f"{h.rank:3d}. {h.video_id:20s} score {h.score:7.4f}   moment {h.moment[0]:6.1f}s - {h.moment[1]:6.1f}s")
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def serve(
+    config: Path = typer.Argument(..., help="YAML run config of a trained run"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but a loopback address "
+                             "opens the run's videos to the network"),
+    port: int = typer.Option(8765, "--port", min=1, max=65535, help="port to listen on"),
+    split: Optional[list[str]] = typer.Option(None, "--split", help=SPLIT_HELP),
+    set_: Optional[list[str]] = typer.Option(None, "--set", help="override a config key: a.b=value"),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
+) -> None:
+    """Serve the run's search: a page at http://HOST:PORT/ and GET /search?q=...&k=... (JSON).
+
+    The run's search index is built first when it is missing or stale."""
+    from prvr.serve import VideoFiles, serve_forever
+    from stages.manifest import ManifestError
+
+    cfg = _load(config, set_ or [], profile)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        typer.secho(f"listening on {host}: anyone who reaches it can search and watch the run's videos",
+                    fg=typer.colors.YELLOW, err=True)
+    searcher = _open_searcher(cfg, split)
+    try:
+        try:
+            files = VideoFiles(cfg.dataset.root)
+        except ManifestError as e:
+            _fail(str(e))
+        serve_forever(searcher, files, cfg.name, host, port, echo=typer.echo)
+    finally:
+        searcher.close()
 
 
 @app.command()

@@ -266,6 +266,65 @@ def decode_video(
         return _decode_with_ffmpeg(path, fps, max_frames, short_side, window, stride)
 
 
+def decode_frame_at(path: str | Path, time_s: float, short_side: int | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the frame shown at `time_s` seconds from the first frame (the last one at or
+    before it; past the end, the last frame), under decode_video's rules: media files only, decord
+    first, the system ffmpeg when decord cannot read the video. Frame times follow extraction's,
+    so a stored frame time gives back that frame. In this process, without a timeout."""
+    path = Path(path)
+    if not (math.isfinite(time_s) and time_s >= 0):
+        raise ValueError(f"time_s must be a finite number >= 0, got {time_s}")
+    if short_side is not None and short_side < 1:
+        raise ValueError(f"short_side must be >= 1 or None, got {short_side}")
+    _check_file(path)
+    try:
+        return _frame_with_decord(path, time_s, short_side)
+    except _BackendFailure as decord_failure:
+        log.info("decord cannot decode %s (%s); falling back to ffmpeg", path, decord_failure)
+    stream = _video_stream(path)
+    height, width = output_size(stream.height, stream.width, short_side)
+    index = _frame_shown_at(time_s, stream.num_frames, stream.avg_fps, stream.timestamps)
+    frames, decoded, stderr = _ffmpeg_frames(path, stream.index, stream.demuxer, np.array([index]), height, width)
+    if decoded != 1:
+        detail = _one_line(stderr) if stderr.strip() else "no frame came out"
+        raise DecodeError(f"{path}: frame {index} ({time_s:.2f}s) does not decode (ffmpeg: {detail})")
+    return frames[0]
+
+
+def _frame_shown_at(time_s: float, num_frames: int, avg_fps: float, timestamps: np.ndarray | None) -> int:
+    """The index of the frame shown at `time_s`, by the clock plan_samples gives its samples."""
+    variable = None if timestamps is None else frame_times(timestamps, avg_fps)
+    if variable is None or len(variable) != num_frames:
+        index = math.floor((time_s + _TIMESTAMP_EPS_S) * avg_fps)
+    else:
+        index = int(np.searchsorted(variable, time_s + _TIMESTAMP_EPS_S, side="right")) - 1
+    return min(max(index, 0), num_frames - 1)
+
+
+def _frame_with_decord(path: Path, time_s: float, short_side: int | None) -> np.ndarray:
+    source = os.path.abspath(path)  # never read as "protocol:..." by FFmpeg
+    try:
+        with _native_stderr_quiet():
+            reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1)
+            num_frames, avg_fps = len(reader), float(reader.get_avg_fps())
+            if num_frames < 1 or not (math.isfinite(avg_fps) and avg_fps > 0):
+                raise _BackendFailure(f"reports {num_frames} frames at {avg_fps} fps")
+            timestamps = _as_numpy(reader.get_frame_timestamp(np.arange(num_frames)))[:, 0]
+            index = _frame_shown_at(time_s, num_frames, avg_fps, timestamps)
+            frame = _as_numpy(reader[index])
+            height, width = output_size(*frame.shape[:2], short_side)
+            if (height, width) != frame.shape[:2]:
+                reader = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=1, width=width, height=height)
+                frame = _as_numpy(reader[index])
+    except _BackendFailure:
+        raise
+    except Exception as error:  # decord raises DECORDError, RuntimeError, IndexError...
+        raise _BackendFailure(_one_line(str(error))) from error
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise _BackendFailure(f"returned a frame of shape {frame.shape} {frame.dtype}")
+    return np.ascontiguousarray(frame)
+
+
 _HEAD_BYTES = 1024
 # Text formats FFmpeg opens as media although they only name other files or streams,
 # by the way each starts (what FFmpeg's probes look for). decord's bundled FFmpeg

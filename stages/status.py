@@ -18,7 +18,7 @@ from storage.integrity import Level
 from storage.lease import EXPIRE_S, current_lease
 from storage.location import store_exists
 
-STAGES = ["extract", "teacher", "train", "evaluate"]
+STAGES = ["extract", "teacher", "train", "evaluate", "index"]
 
 
 def _store(cfg: RunConfig) -> FeatureStore | None:
@@ -151,7 +151,10 @@ def pipeline_status(cfg: RunConfig, stages: list[str] | None = None, verify: Lev
     teacher = teacher_status(cfg, store, extract["complete"])
     train = train_status(cfg, store)
     evaluate = evaluate_status(cfg, train)
-    by_stage = {"extract": extract, "teacher": teacher, "train": train, "evaluate": evaluate}
+    from stages.index import index_status  # torch: only when a report is made
+
+    index = index_status(cfg, store, train["complete"], verify)
+    by_stage = {"extract": extract, "teacher": teacher, "train": train, "evaluate": evaluate, "index": index}
     # The extraction's own keys stay at the top (store, shards, text) for readers of the older report.
     return {**extract, "run": cfg.name, "lease": lease_status(cfg), "verified": verify, "checked": checked,
             "stages": {name: {k: v for k, v in entry.items() if k not in ("shards",)} if name == "extract" else entry
