@@ -86,25 +86,47 @@ def main_method(cfg) -> str:
     return "DL-DKD student (fused)" if cfg.train.branches == "both" else f"{cfg.train.branches} branch"
 
 
+def variant_config(config: str, base_overrides: dict, variant: str, seed: int, base_name: str):
+    return load_config(config, {**base_overrides, **VARIANTS[variant], "train.seed": seed,
+                                "name": f"{base_name}-ablation-{variant}-s{seed}"})
+
+
 def run_variant(config: str, base_overrides: dict, variant: str, seed: int, base_name: str) -> dict:
-    from models.schedules import distillation_weight
     from stages.evaluate import evaluate_run
     from stages.train import train
 
-    overrides = {**base_overrides, **VARIANTS[variant], "train.seed": seed,
-                 "name": f"{base_name}-ablation-{variant}-s{seed}"}
-    cfg = load_config(config, overrides)
+    cfg = variant_config(config, base_overrides, variant, seed, base_name)
     started = time.perf_counter()
     summary = train(cfg)
     metrics = evaluate_run(cfg)
-    methods = metrics["methods"]
+    return make_record(cfg, variant, seed, metrics["methods"], summary["best_epoch"], summary["epochs_done"],
+                       time.perf_counter() - started)
+
+
+def recorded_run(config: str, base_overrides: dict, variant: str, seed: int, base_name: str) -> dict | None:
+    """A finished run's record from its run folder (metrics.json, history.json), without training or
+    evaluating again; None when the run has no metrics yet."""
+    from storage.runs import RunPaths
+
+    cfg = variant_config(config, base_overrides, variant, seed, base_name)
+    paths = RunPaths.of(cfg.runs_dir, cfg.name)
+    history = paths.root / "history.json"
+    if not paths.metrics.is_file() or not history.is_file():
+        return None
+    metrics = json.loads(paths.metrics.read_text())
+    epochs = json.loads(history.read_text())
+    seconds = sum(r.get("seconds", 0.0) for r in epochs)
+    return make_record(cfg, variant, seed, metrics["methods"], metrics["best_epoch"], len(epochs), seconds)
+
+
+def make_record(cfg, variant: str, seed: int, methods: dict, best: int, epochs: int, seconds: float) -> dict:
+    from models.schedules import distillation_weight
+
     t = cfg.train
-    best = summary["best_epoch"]
     weight = (distillation_weight(t.schedule, best, total_epochs=t.epochs, base=t.schedule_base, increasing=t.increasing)
               if t.branches != "exploration" else 0.0)
     record = {"variant": variant, "seed": seed, **{m: methods[main_method(cfg)][m] for m in METRICS},
-              "best_epoch": best, "epochs": summary["epochs_done"], "weight_at_best": weight,
-              "seconds": round(time.perf_counter() - started, 1),
+              "best_epoch": best, "epochs": epochs, "weight_at_best": weight, "seconds": round(seconds, 1),
               "teachers": {k: {m: v[m] for m in METRICS} for k, v in methods.items() if k.startswith("teacher")}}
     if "inheritance branch" in methods and "exploration branch" in methods:
         record["branches"] = {b: methods[f"{b} branch"]["SumR"] for b in ("inheritance", "exploration")}
@@ -187,20 +209,31 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=None, help="write every run and the tables as JSON here (and a plot)")
+    parser.add_argument("--from-runs", action="store_true", help="only tabulate the runs already finished "
+                        "(their metrics.json), training and evaluating nothing")
     args = parser.parse_args()
 
     from stages.teacher import build_teacher_cache, teacher_keys
 
     base = load_config(args.config, args.overrides)
-    for key in teacher_keys(base):
-        for split in ("train", "val", "test"):
-            build_teacher_cache(base, key, split)
     base_overrides = {".".join(k): v for k, v in map(parse_override, args.overrides)}
     runs = []
-    for seed in args.seeds:
-        for variant in args.variants:
-            runs.append(run_variant(args.config, base_overrides, variant, seed, base.name))
-            print(json.dumps(runs[-1]), flush=True)
+    if args.from_runs:
+        found = {(v, s): recorded_run(args.config, base_overrides, v, s, base.name)
+                 for s in args.seeds for v in args.variants}
+        args.seeds = [s for s in args.seeds if all(found[(v, s)] for v in args.variants)]
+        runs = [found[(v, s)] for s in args.seeds for v in args.variants]
+        print(f"finished runs of every variant for seeds {args.seeds}", flush=True)
+    else:
+        for key in teacher_keys(base):
+            for split in ("train", "val", "test"):
+                build_teacher_cache(base, key, split)
+        for seed in args.seeds:
+            for variant in args.variants:
+                runs.append(run_variant(args.config, base_overrides, variant, seed, base.name))
+                print(json.dumps(runs[-1]), flush=True)
+    if not runs:
+        sys.exit("no seed has a finished run of every variant")
     table = summarise(runs, args.seeds)
     lines = print_tables(table, args.seeds, base.name)
     if args.out:

@@ -27,3 +27,15 @@ def test_release_import_bench_writes_a_release_the_importer_accepts(tmp_path):
     bench.write_release(tmp_path, videos=6, frames=6)
     plan = rel.open_release(rel.ImportSettings(root=tmp_path / "tvr", collection="tvr", feature="i3d_resnet"))
     assert plan.has_teacher and sum(len(s.videos) for s in plan.shards) == 6
+
+
+def test_ablation_paired_interval_is_a_t_interval_over_seeds():
+    ablation = load("ablation")
+    mean, lo, hi = ablation.paired_interval([3.0, 5.0, 7.0], [1.0, 1.0, 1.0])  # diffs 2, 4, 6: sd 2
+    assert mean == 4.0
+    assert abs((hi - mean) - 4.303 * 2 / 3 ** 0.5) < 1e-9 and abs((mean - lo) - (hi - mean)) < 1e-9
+    assert ablation.t_quantile(100) == 1.96
+    table = ablation.summarise([
+        {"variant": "dl-dkd", "seed": s, **{m: float(s) for m in ablation.METRICS},
+         "teachers": {"teacher t": {m: 0.5 for m in ablation.METRICS}}} for s in (0, 1)], [0, 1])
+    assert table["dl-dkd"]["SumR"] == [0.0, 1.0] and table[ablation.TEACHER]["SumR"] == [0.5, 0.5]
