@@ -1,4 +1,4 @@
-"""`make demo`: the synthetic world, its teacher, the local Prefect stack, and the pipeline
+"""`make demo`: the synthetic world, its teacher, the student's video backbone, the local Prefect stack, and the pipeline
 run through the `prvr/full` deployment, offline. Steps already done are reused."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from prvr.env import PROJECT_ROOT, apply_defaults
 
 DEMO_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 WORLD = PROJECT_ROOT / "data" / "demo"
+BACKBONE = PROJECT_ROOT / "data" / "backbone"  # configs/demo.yaml's extract.visual_weights lives here
 BIN = Path(sys.executable).parent
 DEMO_TEACHER_STEPS = 150
 
@@ -52,6 +53,13 @@ def main() -> None:
     else:
         print("reusing the trained teacher")
     timings["teacher"] = time.perf_counter() - t
+
+    t = _step("student's motion-aware input (prvr synth-backbone, its own pretraining world)")
+    if not (BACKBONE / "tiny_r2plus1d.pt").exists():
+        _call([str(BIN / "prvr"), "synth-backbone", str(BACKBONE), "--seed", "0"], env)
+    else:
+        print("reusing the trained video backbone")
+    timings["backbone"] = time.perf_counter() - t
 
     t = _step("local Prefect stack (prvr stack up)")
     where = stack.Stack.from_env()

@@ -179,6 +179,7 @@ def full_config(tmp_path: Path, root: Path) -> Path:
 @pytest.mark.slow
 def test_status_shows_every_stage_and_exits_1_until_all_are_complete(prefect_server, tmp_path, dataset, monkeypatch):
     from stages.evaluate import evaluate_run
+    from stages.index import build_index
     from stages.teacher import build_teacher_cache
     from stages.train import train
 
@@ -194,13 +195,14 @@ def test_status_shows_every_stage_and_exits_1_until_all_are_complete(prefect_ser
     assert committed_at in out.output  # not cut to fit 80 columns
     report = json.loads(status(path, "--json").output)
     assert {k: v["state"] for k, v in report["stages"].items()} == {
-        "extract": "incomplete", "teacher": "incomplete", "train": "missing", "evaluate": "missing"}
+        "extract": "incomplete", "teacher": "incomplete", "train": "missing", "evaluate": "missing",
+        "index": "missing"}
 
     monkeypatch.delenv("PRVR_FAIL_SHARDS")
     assert run_extract(path)[0].is_completed()
     assert status(path, "--stages", "extract").exit_code == 0
     out = status(path)
-    assert out.exit_code == 1 and "incomplete: teacher, train, evaluate" in out.output, out.output
+    assert out.exit_code == 1 and "incomplete: teacher, train, evaluate, index" in out.output, out.output
 
     cfg = load_config(path)
     for split in ("train", "test"):
@@ -209,6 +211,8 @@ def test_status_shows_every_stage_and_exits_1_until_all_are_complete(prefect_ser
     assert status(path, "--stages", "teacher", "--stages", "train").exit_code == 0
     assert status(path).exit_code == 1  # not evaluated yet
     evaluate_run(cfg)
+    assert status(path).exit_code == 1  # no search index yet
+    build_index(cfg)
     out = status(path)
     assert out.exit_code == 0, out.output
     report = json.loads(status(path, "--json").output)
