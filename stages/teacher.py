@@ -1,7 +1,8 @@
 """Teacher caches: the teacher's query-video scores, computed with dask over the feature store.
 
 For one teacher and one split:
-- video_sim[q, v] = max over the frames of video v of cosine(sentence q, frame), float16;
+- video_sim[q, v] = max over the frames of video v of cosine(sentence q, frame), float16, for
+  the evaluated split only (its one reader is the teacher's zero-shot recall);
 - positive frames: cosine(sentence q, each frame of q's positive video), ragged.
 
 Frames and sentences are stored L2-normalised, so cosine is a dot product. The matrix is
@@ -57,24 +58,35 @@ def _teacher_spec(cfg: RunConfig, teacher_key: str) -> TeacherSpec:
 
 
 # ---- fingerprint --------------------------------------------------------------
-def _cache_inputs(store: FeatureStore, teacher_key: str, split: str) -> dict:
-    """What the cache is a function of: the committed text and shards it reads, and the teacher."""
+def needs_video_sim(cfg: RunConfig, store: FeatureStore, split: str) -> bool:
+    """Whether a cache of `split` computes the (queries x videos) matrix. Its one reader is the teacher's
+    zero-shot recall in evaluation, on evaluate.split; training reads only the positive frames. At TVR's
+    train split that matrix is 87k x 17k scores over every frame: most of the stage's time."""
+    return store.resolve_split(split) == store.resolve_split(cfg.evaluate.split)
+
+
+def _cache_inputs(store: FeatureStore, teacher_key: str, split: str, video_sim: bool) -> dict:
+    """What the cache is a function of: the committed text and shards it reads, the teacher, and
+    whether it holds the video_sim matrix."""
     text = store.committed_text_fingerprint(split)
     if text is None:
         raise StoreError(f"text of split {split!r} is not committed in {store.location}; run the extract stage")
     index = store.video_index()
     shards = sorted({index[video].shard for video in store.split_video_ids(split)})
-    return {
+    inputs = {
         "version": CACHE_VERSION, "teacher": teacher_key, "split": split, "text": text,
         "shards": {str(i): store.committed_shard_fingerprint(i) for i in shards},
     }
+    if not video_sim:  # only then: caches with the matrix keep the fingerprints they were committed under
+        inputs["video_sim"] = False
+    return inputs
 
 
 def teacher_cache_fingerprint(cfg: RunConfig, store: FeatureStore, teacher_key: str, split: str) -> str:
     """Hash of the split's committed text fingerprint, the committed fingerprints of the shards
-    holding the split's videos, and the teacher key."""
+    holding the split's videos, the teacher key, and whether the split needs its video_sim matrix."""
     _teacher_spec(cfg, teacher_key)
-    return fingerprint(_cache_inputs(store, teacher_key, split))
+    return fingerprint(_cache_inputs(store, teacher_key, split, needs_video_sim(cfg, store, split)))
 
 
 # ---- the split's frames -------------------------------------------------------
@@ -273,9 +285,11 @@ def task_progress(progress: Progress | None, lo: float, hi: float, message: str,
 # ---- the stage ---------------------------------------------------------------
 def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_block: int = 1024,
                         scheduler: str | None = None, progress: Progress | None = None,
-                        compute_in: Callable[[], AbstractContextManager] | None = None) -> dict:
+                        compute_in: Callable[[], AbstractContextManager] | None = None,
+                        video_sim: bool | None = None) -> dict:
     """Compute and write one (teacher, split) cache unless one is committed under the current
-    fingerprint. `scheduler` None uses dask's default: threads, or a distributed Client in scope.
+    fingerprint. `video_sim` None: the (queries x videos) matrix only where it is read
+    (`needs_video_sim`); True or False forces it. `scheduler` None uses dask's default: threads, or a distributed Client in scope.
     `progress(fraction, message)` hears each phase and, on dask's local schedulers, each finished task.
     `compute_in()` is entered around the computation only, e.g. a client of the configured Dask cluster."""
     def report(fraction: float, message: str) -> None:
@@ -288,7 +302,9 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
     FeatureStore(cfg.store)  # raises a clear error when there is no store, instead of creating one
     store = FeatureStore(cfg.store, mode="a")
     cache = TeacherCache(store)
-    inputs = _cache_inputs(store, teacher_key, split)
+    if video_sim is None:
+        video_sim = needs_video_sim(cfg, store, split)
+    inputs = _cache_inputs(store, teacher_key, split, video_sim)
     fp = fingerprint(inputs)
     if cache.status(teacher_key, split, fp) == "committed":
         info = cache.info(teacher_key, split)
@@ -314,8 +330,10 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
                         teacher_key, split, missing, n_queries)
 
         store.invalidate_consolidated()
-        writer = cache.begin(teacher_key, split, text.query_ids, frames.video_ids, query_block, fp, inputs)
-        if n_queries and n_videos:
+        writer = cache.begin(teacher_key, split, text.query_ids, frames.video_ids, query_block, fp, inputs,
+                             video_sim=video_sim)
+        positive_share = VIDEO_SIM_SHARE if video_sim else 0.0
+        if video_sim and n_queries and n_videos:
             sims = video_sim_dask(sentences, frames, writer.chunks)
             message = (f"query x video scores: {n_queries} queries x {n_videos} videos "
                        f"({int(frames.offsets[-1])} frames)")
@@ -323,14 +341,14 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
             writer.store_video_sim(sims, scheduler=scheduler,
                                    **task_progress(progress, 0.0, VIDEO_SIM_SHARE, message, sims, scheduler))
         message = f"positive-frame scores of {n_queries} queries"
-        report(VIDEO_SIM_SHARE, message)
+        report(positive_share, message)
         flat = positive_frames_compute(sentences, frames, positives, query_block, scheduler,
-                                       **task_progress(progress, VIDEO_SIM_SHARE, 1.0, message, sentences, scheduler))
+                                       **task_progress(progress, positive_share, 1.0, message, sentences, scheduler))
         writer.write_positive(flat, positives.offsets)
         seconds = time.perf_counter() - started
         writer.commit({"queries": n_queries, "videos": n_videos, "frames": int(frames.offsets[-1]),
-                       "missing_positives": missing, "seconds": round(seconds, 3)})
+                       "missing_positives": missing, "video_sim": video_sim, "seconds": round(seconds, 3)})
         report(1.0, f"committed in {seconds:.1f}s")
         log.info("%s/%s: %d queries x %d videos in %.1fs", teacher_key, split, n_queries, n_videos, seconds)
         return {"teacher": teacher_key, "split": split, "queries": n_queries, "videos": n_videos,
-                "skipped": False, "seconds": round(seconds, 3), "missing_positives": missing}
+                "skipped": False, "seconds": round(seconds, 3), "missing_positives": missing, "video_sim": video_sim}

@@ -2,7 +2,9 @@
 
     <store>/teacher/<teacher_key>/<split>/       one group per (teacher, split), one writer
         video_sim          (queries, videos) float16: max over a video's frames of
-                           cosine(sentence, frame); -inf for a video without frames
+                           cosine(sentence, frame); -inf for a video without frames. Only in
+                           caches made with it (the evaluated split's: the teacher's zero-shot
+                           recall is its one reader); attrs has_video_sim says which
         positive_frames    (sum of positive-video frame counts,) float16: cosine(sentence, frame)
                            for each frame of each query's positive video, in stored frame order
         positive_offsets   (queries + 1,) int64: query i owns positive_frames[o[i]:o[i+1]]
@@ -10,7 +12,7 @@
         attrs: teacher, split, query_ids (row order), video_ids (column order), inputs,
                fingerprint, committed {at, fingerprint} (written last: the commit marker)
 
-The marker sits on the group, not on one array: it vouches for all three arrays together.
+The marker sits on the group, not on one array: it vouches for all its arrays together.
 """
 
 from __future__ import annotations
@@ -53,13 +55,16 @@ class TeacherCacheWriter:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self._group["video_sim"].shape)  # type: ignore[return-value]
+        """(queries, videos) of the cache, with or without its video_sim matrix."""
+        return len(self._group.attrs["query_ids"]), len(self._group.attrs["video_ids"])
 
     def store_video_sim(self, sims, scheduler: str | None = None, **compute: Any) -> None:
         """Write a dask array whose blocks are exactly the Zarr chunks, each block by one task.
         `compute` goes to dask's compute (e.g. `callbacks` of a local scheduler)."""
         import dask.array as da
 
+        if "video_sim" not in self._group:
+            raise StoreError(f"{self._group.path} was begun without a video_sim matrix")
         target = self._group["video_sim"]
         if sims.shape != target.shape:
             raise ValueError(f"video_sim has shape {sims.shape}, the cache expects {target.shape}")
@@ -154,6 +159,10 @@ class TeacherCache:
         """(scores (Q, V) float16, query_ids, video_ids); `rows` reads only a band of queries."""
         group = self._committed_group(teacher, split)
         attrs = group.attrs
+        if not attrs.get("has_video_sim", True):
+            raise StoreError(f"teacher cache {teacher}/{split} holds no query x video scores: only the evaluated "
+                             f"split's cache computes them (evaluate.split); run the teacher stage with "
+                             f"evaluate.split={split}")
         query_ids = list(attrs["query_ids"])
         rows = rows or slice(None)
         return group["video_sim"][rows], query_ids[rows], list(attrs["video_ids"])
@@ -164,14 +173,18 @@ class TeacherCache:
         return group["positive_frames"][...], group["positive_offsets"][...]
 
     def begin(self, teacher: str, split: str, query_ids: list[str], video_ids: list[str], query_block: int,
-              fingerprint: str, inputs: dict[str, Any]) -> TeacherCacheWriter:
-        """Start (or restart) a cache: earlier content of this (teacher, split) is removed."""
+              fingerprint: str, inputs: dict[str, Any], video_sim: bool = True) -> TeacherCacheWriter:
+        """Start (or restart) a cache: earlier content of this (teacher, split) is removed.
+        `video_sim` False: no (queries x videos) matrix, only the positive frames."""
         chunks = video_sim_chunks(len(query_ids), len(video_ids), query_block)
         parent = self.store.root.require_group("teacher").require_group(teacher)
         split = self.store.resolve_split(split)
         group = parent.create_group(split, overwrite=True)
         group.attrs.update({"teacher": teacher, "split": split, "query_ids": list(query_ids),
-                            "video_ids": list(video_ids), "inputs": inputs, "committed": None})
+                            "video_ids": list(video_ids), "inputs": inputs, "has_video_sim": video_sim,
+                            "committed": None})
+        if not video_sim:
+            return TeacherCacheWriter(group, fingerprint, chunks)
         # NaN fill: a chunk never written reads as NaN, not as a plausible score.
         group.create_array("video_sim", shape=(len(query_ids), len(video_ids)), chunks=chunks, dtype="float16",
                            compressors=_COMPRESSORS, fill_value=np.nan)

@@ -33,7 +33,8 @@ def store_root(tmp_path_factory):
 def test_teacher_cache_reports_each_dask_task_then_skips_with_one_report(store_root):
     cfg = config(store_root, "p")
     heard, progress = recorder()
-    result = build_teacher_cache(cfg, TEACHER_KEY, "train", query_block=4, progress=progress)
+    # With the query x video matrix (made for the evaluated split only, by default): the longest phase.
+    result = build_teacher_cache(cfg, TEACHER_KEY, "train", query_block=4, progress=progress, video_sim=True)
     assert not result["skipped"]
     assert_monotone_to_one(heard)
     # Phases: the query x video matrix, then positive frames, then the commit.
@@ -45,7 +46,7 @@ def test_teacher_cache_reports_each_dask_task_then_skips_with_one_report(store_r
     assert len(set(during)) > 6, during
 
     heard, progress = recorder()
-    again = build_teacher_cache(cfg, TEACHER_KEY, "train", query_block=4, progress=progress)
+    again = build_teacher_cache(cfg, TEACHER_KEY, "train", query_block=4, progress=progress, video_sim=True)
     assert again["skipped"] and heard == [(1.0, "unchanged inputs, cache kept")]
 
 

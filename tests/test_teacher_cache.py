@@ -94,11 +94,17 @@ def reference(location: str, teacher: str, split: str):
 def assert_cache_matches(location: str, teacher: str, split: str) -> None:
     sim, positive, query_ids, video_ids = reference(location, teacher, split)
     cache = TeacherCache(location)
-    got, got_queries, got_videos = cache.video_sim(teacher, split)
-    assert got.dtype == np.float16 and got.shape == sim.shape
-    assert got_queries == query_ids and got_videos == video_ids
-    # float16 keeps scores in [-1, 1] to within half a step of 2**-10.
-    np.testing.assert_allclose(got.astype(np.float32), sim, atol=1e-3, rtol=0)
+    info = cache.info(teacher, split)
+    assert info["query_ids"] == query_ids and info["video_ids"] == video_ids
+    if info["has_video_sim"]:
+        got, got_queries, got_videos = cache.video_sim(teacher, split)
+        assert got.dtype == np.float16 and got.shape == sim.shape
+        assert got_queries == query_ids and got_videos == video_ids
+        # float16 keeps scores in [-1, 1] to within half a step of 2**-10.
+        np.testing.assert_allclose(got.astype(np.float32), sim, atol=1e-3, rtol=0)
+    else:
+        with pytest.raises(StoreError, match=f"{teacher}/{split} holds no query x video scores"):
+            cache.video_sim(teacher, split)
     flat, offsets = cache.positive_frames(teacher, split)
     assert flat.dtype == np.float16 and offsets.dtype == np.int64 and len(offsets) == len(query_ids) + 1
     for q, expected in enumerate(positive):
@@ -122,7 +128,7 @@ def test_cache_equals_direct_numpy_for_every_teacher_and_split(world):
     for teacher in teacher_keys(cfg):
         for split, n_queries, n_videos in (("train", 11, 7), ("test", 6, 4)):
             # query_block 4 < Q: row blocks really split the queries; the split spans all three shards.
-            result = build_teacher_cache(cfg, teacher, split, query_block=4)
+            result = build_teacher_cache(cfg, teacher, split, query_block=4, video_sim=True)
             assert result["skipped"] is False and result["queries"] == n_queries and result["videos"] == n_videos
             assert result["missing_positives"] == 1
             assert_cache_matches(location, teacher, split)
@@ -167,6 +173,28 @@ def test_max_over_frames_steps_give_the_same_scores():
         expected = (sentences.astype(np.float32) @ frames[starts[v]:starts[v] + n].astype(np.float32).T).max(1) \
             if n else np.full(5, -np.inf)
         np.testing.assert_allclose(whole[:, v].astype(np.float32), expected, atol=1e-3, rtol=0)
+
+
+def test_only_the_evaluated_split_computes_its_query_by_video_matrix(world):
+    cfg, location = world
+    assert cfg.evaluate.split == "test"
+    for split in ("train", "test"):
+        result = build_teacher_cache(cfg, "ta", split, query_block=4)
+        assert result["video_sim"] is (split == "test")
+        assert_cache_matches(location, "ta", split)  # positives of both; the matrix where it exists
+    assert not (Path(location) / "teacher/ta/train/video_sim").exists()
+    store = FeatureStore(location)
+    assert TeacherCache(store).status("ta", "train", teacher_cache_fingerprint(cfg, store, "ta", "train")) \
+        == "committed"  # what `prvr status` asks
+    assert build_teacher_cache(cfg, "ta", "train", query_block=4)["skipped"] is True
+
+    # Evaluating on train now: its cache lacks what evaluation reads, so it is stale and rebuilt with it.
+    on_train = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"split": "train"})})
+    train_fp = teacher_cache_fingerprint(on_train, store, "ta", "train")
+    assert TeacherCache(store).status("ta", "train", train_fp) == "stale"
+    result = build_teacher_cache(on_train, "ta", "train", query_block=4)
+    assert result["skipped"] is False and result["video_sim"] is True
+    assert_cache_matches(location, "ta", "train")
 
 
 def test_rerun_skips_without_rewriting(world):
@@ -229,7 +257,7 @@ def test_chunks_are_about_a_megabyte_and_aligned(world):
     assert video_sim_chunks(3, 10**6, 4)[1] == CHUNK_BYTES // (2 * 3)
 
     cfg, location = world
-    build_teacher_cache(cfg, "ta", "train", query_block=4)
+    build_teacher_cache(cfg, "ta", "train", query_block=4, video_sim=True)
     meta = json.loads((Path(location) / "teacher/ta/train/video_sim/zarr.json").read_text())
     assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [4, 7]
     assert meta["data_type"] == "float16" and any(c["name"] == "zstd" for c in meta["codecs"])
@@ -266,14 +294,14 @@ def test_a_process_cluster_gives_the_threaded_result(world, tmp_path):
     from distributed import Client, LocalCluster
 
     cfg, location = world
-    build_teacher_cache(cfg, "ta", "train", query_block=4)
+    build_teacher_cache(cfg, "ta", "train", query_block=4, video_sim=True)
     threaded = TeacherCache(location).video_sim("ta", "train")[0]
     threaded_flat, threaded_offsets = TeacherCache(location).positive_frames("ta", "train")
 
     other = config(tmp_path, make_store(tmp_path / "cluster.zarr"))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster):
-        result = build_teacher_cache(other, "ta", "train", query_block=4)
+        result = build_teacher_cache(other, "ta", "train", query_block=4, video_sim=True)
     assert result["skipped"] is False
     cache = TeacherCache(other.store)
     np.testing.assert_array_equal(cache.video_sim("ta", "train")[0], threaded)
