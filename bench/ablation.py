@@ -134,42 +134,55 @@ def make_record(cfg, variant: str, seed: int, methods: dict, best: int, epochs: 
 
 
 def summarise(runs: list[dict], seeds: list[int]) -> dict:
-    """{variant: {metric: [value per seed]}}; the teacher alone from the runs' zero-shot rows."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for r in runs:
-        table.setdefault(r["variant"], {m: [] for m in METRICS})
+    """{variant: {"seeds": [...], metric: [value per seed]}}, seeds ascending; the teacher alone (the
+    same on every seed) from the runs' zero-shot rows, on every seed of `seeds` that has a run."""
+    table: dict[str, dict[str, list]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        row = table.setdefault(r["variant"], {"seeds": [], **{m: [] for m in METRICS}})
+        row["seeds"].append(r["seed"])
         for m in METRICS:
-            table[r["variant"]][m].append(r[m])
-    by_seed = {r["seed"]: r for r in runs if r["variant"] == runs[0]["variant"]}
-    teacher_rows = [next(iter(by_seed[s]["teachers"].values())) for s in seeds if by_seed.get(s, {}).get("teachers")]
-    if len(teacher_rows) == len(seeds):
-        table[TEACHER] = {m: [row[m] for row in teacher_rows] for m in METRICS}
+            row[m].append(r[m])
+    zero_shot = {r["seed"]: next(iter(r["teachers"].values())) for r in runs if r.get("teachers")}
+    teacher_seeds = [s for s in seeds if s in zero_shot]
+    if teacher_seeds:
+        table[TEACHER] = {"seeds": teacher_seeds, **{m: [zero_shot[s][m] for s in teacher_seeds] for m in METRICS}}
     return table
 
 
+def paired_values(table: dict, a: str, b: str, metric: str) -> tuple[list[float], list[float]]:
+    """Values of a and b on the seeds both have, in seed order."""
+    common = sorted(set(table[a]["seeds"]) & set(table[b]["seeds"]))
+    pick = lambda name: [table[name][metric][table[name]["seeds"].index(s)] for s in common]  # noqa: E731
+    return pick(a), pick(b)
+
+
 def print_tables(table: dict, seeds: list[int], title: str) -> list[str]:
-    lines = [f"test metrics on {title}, seeds {seeds} (mean +- std over seeds)", "",
-             "| method | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    lines = [f"test metrics on {title}, seeds {seeds} (mean +- std over each variant's seeds)", "",
+             "| method | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for name, values in table.items():
         cells = []
         for m in METRICS:
             mean, std = mean_std(values[m])
             cells.append(f"{mean:.1f} +- {std:.1f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {len(values['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "per seed, SumR:", "| method | " + " | ".join(f"s{s}" for s in seeds) + " |",
               "|---|" + "---|" * len(seeds)]
     for name, values in table.items():
-        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values["SumR"]) + " |")
-    lines += ["", "paired differences (same seed), mean [95% t-interval]:",
-              "| a - b | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+        by_seed = dict(zip(values["seeds"], values["SumR"]))
+        lines.append(f"| {name} | " + " | ".join(f"{by_seed[s]:.1f}" if s in by_seed else "-" for s in seeds) + " |")
+    lines += ["", "paired differences (same seed, over the seeds both have), mean [95% t-interval]:",
+              "| a - b | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for a, b in COMPARISONS:
-        if a not in table or b not in table or len(table[a]["SumR"]) != len(table[b]["SumR"]):
+        if a not in table or b not in table:
+            continue
+        n = len(paired_values(table, a, b, "SumR")[0])
+        if not n:
             continue
         cells = []
         for m in METRICS:
-            mean, lo, hi = paired_interval(table[a][m], table[b][m])
+            mean, lo, hi = paired_interval(*paired_values(table, a, b, m))
             cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
-        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+        lines.append(f"| {a} - {b} | {n} | " + " | ".join(cells) + " |")
     print("\n".join(lines), flush=True)
     return lines
 
@@ -210,7 +223,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=None, help="write every run and the tables as JSON here (and a plot)")
     parser.add_argument("--from-runs", action="store_true", help="only tabulate the runs already finished "
-                        "(their metrics.json), training and evaluating nothing")
+                        "(their metrics.json), training and evaluating nothing; a variant may have fewer seeds, "
+                        "and each difference is paired over the seeds both sides have")
     args = parser.parse_args()
 
     from stages.teacher import build_teacher_cache, teacher_keys
@@ -221,9 +235,10 @@ def main() -> None:
     if args.from_runs:
         found = {(v, s): recorded_run(args.config, base_overrides, v, s, base.name)
                  for s in args.seeds for v in args.variants}
-        args.seeds = [s for s in args.seeds if all(found[(v, s)] for v in args.variants)]
-        runs = [found[(v, s)] for s in args.seeds for v in args.variants]
-        print(f"finished runs of every variant for seeds {args.seeds}", flush=True)
+        runs = [r for r in found.values() if r]
+        args.seeds = sorted({r["seed"] for r in runs})
+        for v in args.variants:
+            print(f"{v}: finished runs for seeds {[s for s in args.seeds if found[(v, s)]]}", flush=True)
     else:
         for key in teacher_keys(base):
             for split in ("train", "val", "test"):
@@ -233,7 +248,7 @@ def main() -> None:
                 runs.append(run_variant(args.config, base_overrides, variant, seed, base.name))
                 print(json.dumps(runs[-1]), flush=True)
     if not runs:
-        sys.exit("no seed has a finished run of every variant")
+        sys.exit("no finished run of these variants and seeds")
     table = summarise(runs, args.seeds)
     lines = print_tables(table, args.seeds, base.name)
     if args.out:

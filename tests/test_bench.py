@@ -39,3 +39,16 @@ def test_ablation_paired_interval_is_a_t_interval_over_seeds():
         {"variant": "dl-dkd", "seed": s, **{m: float(s) for m in ablation.METRICS},
          "teachers": {"teacher t": {m: 0.5 for m in ablation.METRICS}}} for s in (0, 1)], [0, 1])
     assert table["dl-dkd"]["SumR"] == [0.0, 1.0] and table[ablation.TEACHER]["SumR"] == [0.5, 0.5]
+
+    # Variants finished on different seeds: each difference pairs only the seeds both sides have.
+    runs = [{"variant": "dl-dkd", "seed": s, **{m: 10.0 + s for m in ablation.METRICS}, "teachers": {}}
+            for s in (0, 1, 2)]
+    runs += [{"variant": "exploration-only", "seed": s, **{m: 20.0 + 2 * s for m in ablation.METRICS}}
+             for s in (2, 0)]
+    table = ablation.summarise(runs, [0, 1, 2])
+    assert table["exploration-only"]["seeds"] == [0, 2] and table["exploration-only"]["SumR"] == [20.0, 24.0]
+    assert ablation.paired_values(table, "dl-dkd", "exploration-only", "SumR") == ([10.0, 12.0], [20.0, 24.0])
+    lines = ablation.print_tables(table, [0, 1, 2], "t")
+    assert "| exploration-only | 20.0 | - | 24.0 |" in lines
+    row = next(line for line in lines if line.startswith("| dl-dkd - exploration-only |"))
+    assert row.startswith("| dl-dkd - exploration-only | 2 | -11.0 [")  # diffs -10 and -12
