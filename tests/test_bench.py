@@ -52,3 +52,18 @@ def test_ablation_paired_interval_is_a_t_interval_over_seeds():
     assert "| exploration-only | 20.0 | - | 24.0 |" in lines
     row = next(line for line in lines if line.startswith("| dl-dkd - exploration-only |"))
     assert row.startswith("| dl-dkd - exploration-only | 2 | -11.0 [")  # diffs -10 and -12
+
+
+def test_branch_agreement_is_spearman_per_query():
+    import numpy as np
+
+    def ranks(row):  # no ties in random normals
+        order = sorted(range(len(row)), key=lambda i: row[i])
+        return [order.index(i) for i in range(len(row))]
+
+    agreement = load("branch_agreement")
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 9)), rng.normal(size=(5, 9))
+    got = agreement.spearman_rows(a, b)
+    assert np.allclose(got, [np.corrcoef(ranks(x), ranks(y))[0, 1] for x, y in zip(a, b)])
+    assert np.allclose(agreement.spearman_rows(a, 2 * a + 1), 1.0) and np.allclose(agreement.spearman_rows(a, -a), -1.0)
