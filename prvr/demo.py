@@ -1,5 +1,5 @@
-"""`make demo`: the synthetic world, its teacher, the student's video backbone, the local Prefect stack, and the pipeline
-run through the `prvr/full` deployment, offline. Steps already done are reused."""
+"""`make demo`: the synthetic world, its teacher, the student's video backbone, the local Prefect
+stack, and the pipeline run through the `prvr/full` deployment, offline. Steps already done are reused."""
 
 from __future__ import annotations
 

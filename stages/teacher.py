@@ -289,7 +289,8 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
                         video_sim: bool | None = None) -> dict:
     """Compute and write one (teacher, split) cache unless one is committed under the current
     fingerprint. `video_sim` None: the (queries x videos) matrix only where it is read
-    (`needs_video_sim`); True or False forces it. `scheduler` None uses dask's default: threads, or a distributed Client in scope.
+    (`needs_video_sim`); True or False forces it. `scheduler` None uses dask's default: threads,
+    or a distributed Client in scope.
     `progress(fraction, message)` hears each phase and, on dask's local schedulers, each finished task.
     `compute_in()` is entered around the computation only, e.g. a client of the configured Dask cluster."""
     def report(fraction: float, message: str) -> None:
