@@ -36,7 +36,9 @@ SHARD_SIZE = 2
 # Log lines each subflow's page must show, beyond what plan_pages expects: the progress of each stage.
 PROGRESS_LOGS = {
     "prvr-extract": ("shard 0 committed",),
-    "prvr-teacher": ("teacher prvr-tiny-random / train: query x video scores",
+    # The query x video matrix only for the evaluated split; train gets its positive frames only.
+    "prvr-teacher": ("teacher prvr-tiny-random / train: positive-frame scores",
+                     "teacher prvr-tiny-random / test: query x video scores",
                      "teacher prvr-tiny-random / test: committed in"),
     "prvr-train": ("epoch 1: loss",),
     "prvr-evaluate": ("evaluate ui: ranking 2 queries: DL-DKD student (fused)",
