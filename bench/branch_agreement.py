@@ -54,13 +54,15 @@ def main() -> None:
     split = base.evaluate.split
     teacher = stored_teachers(base, store)[0]
     sim, query_ids, video_ids = TeacherCache(store).video_sim(teacher, split)
+    row_of = {q: i for i, q in enumerate(query_ids)}
+    column_of = {v: i for i, v in enumerate(video_ids)}
     runs = [(v, s) for v in args.variants for s in args.seeds]
     for variant, seed in runs:
         cfg = variant_config(args.config, {}, variant, seed, base.name)
         model, branch, _ = load_trained_student(cfg, "best", "cpu", store)
         data = load_split(cfg, split, (), store)
-        rows = [query_ids.index(q) for q in data.query_ids]
-        cols = [video_ids.index(v) for v in data.video_ids]
+        rows = [row_of[q] for q in data.query_ids]
+        cols = [column_of[v] for v in data.video_ids]
         teacher_scores = sim[np.ix_(rows, cols)].astype(np.float32)
         gallery, queries, mask = encode_split(model, data, "cpu", branch)
         result = {"run": cfg.name}

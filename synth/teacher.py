@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from models.clip import ClipEncoder
 from synth.captions import still_caption
 from synth.generate import read_world_info
-from synth.report import TrainingReport
 from synth.language import corpus_vocabulary, language_corpus, next_token_loss
 from synth.presets import Preset, get_preset
 from synth.render import render_frame
+from synth.report import TrainingReport
 from synth.world import Still, grid_cell, plan_still
 
 MODEL_NAME = "prvr-synth"
