@@ -179,6 +179,12 @@ class TrainConfig(_Strict):
     early_stop: int = Field(default=10, ge=1, description="stop once more than this many epochs in a row bring no "
                             "validation SumR gain (as the reference code: 10 -> stops after the 11th)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    data: Literal["auto", "memory", "stream"] = Field(
+        default="auto", description="memory: each split's frames and tokens loaded whole; stream: batches read "
+        "from the store as training goes (memory bounded by the prefetch queue); auto: stream a split larger than "
+        "memory_limit_gb. The same batches, hence the same model, either way")
+    memory_limit_gb: float = Field(default=2.0, gt=0, description="train.data auto: the largest split held in memory")
+    prefetch: int = Field(default=4, ge=0, description="batches prepared ahead in a background thread (0: none)")
     amp: bool = Field(default=True, description="mixed precision on CUDA")
     resume: bool = True
     seed: int = 0

@@ -12,31 +12,75 @@ from configs.schema import RunConfig
 from stages.extract import visual_feature
 from stages.sources import student_text_features
 from storage.features import FeatureStore, StoreError, resampled_rows, teacher_array
+from storage.split_rows import StoredFrames, StoredTokens
 
 log = logging.getLogger("prvr.data")
 
 
+class TensorRows:
+    """Rows held in memory, (N, width, dim) float16."""
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.tensor.shape)
+
+    def take(self, rows: np.ndarray, width: int | None = None) -> torch.Tensor:
+        return self.tensor[torch.as_tensor(rows, dtype=torch.long), :width]
+
+    def all(self) -> torch.Tensor:
+        return self.tensor
+
+
+class StreamedRows:
+    """Rows read from the store on demand; several features side by side (concatenated)."""
+
+    def __init__(self, parts: list[StoredFrames] | list[StoredTokens]):
+        self.parts = parts
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n, width, _ = self.parts[0].shape
+        return n, width, sum(p.dim for p in self.parts)
+
+    def take(self, rows: np.ndarray, width: int | None = None) -> torch.Tensor:
+        blocks = [p.take(rows, width) for p in self.parts]
+        return torch.from_numpy(blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=-1))
+
+    def all(self) -> torch.Tensor:
+        return self.take(np.arange(self.shape[0]))
+
+
+Rows = TensorRows | StreamedRows
+
+
 @dataclass
 class SplitData:
+    """A split for training or evaluation: metadata in memory, frames and tokens in memory or
+    streamed from the store (`streamed`), batches the same either way."""
+
     split: str
     video_ids: list[str]
-    video: torch.Tensor  # (N, T, Dv) float16, student visual features (concatenated)
+    frames: Rows  # (N, T, Dv) float16, student visual features (concatenated)
     video_mask: torch.Tensor  # (N, T) bool
     times: torch.Tensor  # (N, T) float32 seconds
     query_ids: list[str]
     texts: list[str]
-    tokens: torch.Tensor  # (Q, L, Dt) float16
+    token_rows: Rows  # (Q, L, Dt) float16
     token_mask: torch.Tensor  # (Q, L) bool
     query_video: torch.Tensor  # (Q,) long: row of each query's video in `video`
     moments: np.ndarray  # (Q, 2) seconds, NaN when unknown
     durations: np.ndarray  # (N,)
     teacher_positive: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (Q, T) scores on own video
     # key -> (frames (N, T, Dt), sentences (Q, Dt)) float16, normalised: in-batch teacher scores (DL-DKD++)
-    teacher_views: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    teacher_views: dict[str, tuple[Rows, torch.Tensor]] = field(default_factory=dict)
     queries_by_video: list[np.ndarray] = field(default_factory=list)
     # Queries of the split whose video is not in the store (its extraction failed): evaluation counts them
     # as misses, training cannot use them.
     queries_without_video: list[str] = field(default_factory=list)
+    streamed: bool = False
 
     def __post_init__(self) -> None:
         order = self.query_video.numpy()
@@ -44,11 +88,37 @@ class SplitData:
 
     @property
     def video_dim(self) -> int:
-        return int(self.video.shape[-1])
+        return int(self.frames.shape[-1])
 
     @property
     def text_dim(self) -> int:
-        return int(self.tokens.shape[-1])
+        return int(self.token_rows.shape[-1])
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.video_mask.shape[1])
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.token_mask.shape[1])
+
+    @property
+    def video(self) -> torch.Tensor:
+        """Every video's frames at once (read whole when streamed: for small data and tests)."""
+        return self.frames.all()
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """Every query's tokens at once (read whole when streamed: for small data and tests)."""
+        return self.token_rows.all()
+
+    def video_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frames float32 (n, T, Dv), mask (n, T)) of some videos at the split's padding."""
+        return self.frames.take(rows).float(), self.video_mask[torch.as_tensor(rows, dtype=torch.long)]
+
+    def query_rows(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens float32 (n, L, Dt), mask (n, L)) of some queries at the split's padding."""
+        return self.token_rows.take(rows).float(), self.token_mask[torch.as_tensor(rows, dtype=torch.long)]
 
     def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu",
               pad_to_batch: bool = True) -> dict[str, torch.Tensor]:
@@ -68,14 +138,14 @@ class SplitData:
             frames = max(1, int(video_mask.sum(1).max()))
             tokens = max(1, int(token_mask.sum(1).max())) if len(qrows) else 1
         out = {
-            "video": self.video[rows, :frames].float(), "video_mask": video_mask[:, :frames],
-            "tokens": self.tokens[qrows, :tokens].float(), "token_mask": token_mask[:, :tokens],
+            "video": self.frames.take(video_rows, frames).float(), "video_mask": video_mask[:, :frames],
+            "tokens": self.token_rows.take(queries, tokens).float(), "token_mask": token_mask[:, :tokens],
             "query_video": query_video,
         }
         for key, scores in self.teacher_positive.items():
             out[f"teacher:{key}"] = scores[qrows, :frames]
         for key, (frames_of_teacher, sentences) in self.teacher_views.items():
-            out[f"teacher_frames:{key}"] = frames_of_teacher[rows, :frames].float()
+            out[f"teacher_frames:{key}"] = frames_of_teacher.take(video_rows, frames).float()
             out[f"teacher_sentences:{key}"] = sentences[qrows].float()
         return {k: v.to(device) for k, v in out.items()}
 
@@ -120,11 +190,48 @@ def load_videos(cfg: RunConfig, splits: list[str], store: FeatureStore | None = 
     )
 
 
+def split_bytes(cfg: RunConfig, split: str, store: FeatureStore) -> int:
+    """Bytes a split's frames and tokens take in memory (float16, padded): what streaming saves."""
+    max_frames = cfg.train.max_frames or cfg.extract.max_frames
+    index = store.video_index()
+    split = store.resolve_split(split)
+    lengths = [min(loc.stop - loc.start, max_frames) for loc in index.values() if loc.split == split]
+    if not lengths:
+        return 0
+    widths = [store.shard_array(next(iter(index.values())).shard, visual_feature(v)).shape[1]
+              for v in cfg.train.visual]
+    tokens, _ = store.text(split).lazy_tokens(student_text_features(cfg))
+    return 2 * (len(lengths) * max(lengths) * sum(widths) + int(np.prod(tokens.shape)))
+
+
+def streams(cfg: RunConfig, split: str, store: FeatureStore) -> bool:
+    """Whether a split is streamed from the store (train.data), `auto` streaming what exceeds
+    train.memory_limit_gb."""
+    mode = cfg.train.data
+    if mode == "auto":
+        return split_bytes(cfg, split, store) > cfg.train.memory_limit_gb * 2**30
+    return mode == "stream"
+
+
 def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: FeatureStore | None = None,
-               teacher_views: list[str] = ()) -> SplitData:
+               teacher_views: list[str] = (), stream: bool | None = None) -> SplitData:
+    """A split of the store; `stream` None decides by train.data (see `streams`)."""
     store = store or FeatureStore(cfg.store)
-    videos = load_videos(cfg, [split], store)
-    index = {vid: i for i, vid in enumerate(videos.video_ids)}
+    stream = streams(cfg, split, store) if stream is None else stream
+    max_frames = cfg.train.max_frames or cfg.extract.max_frames
+    if stream:
+        parts = [StoredFrames(store, split, visual_feature(v), max_frames) for v in cfg.train.visual]
+        video_ids = parts[0].video_ids
+        times, mask = parts[0].times_and_mask()
+        locations = store.video_index()
+        frames: Rows = StreamedRows(parts)
+        video_mask, times = torch.from_numpy(mask), torch.from_numpy(times)
+        durations = np.array([locations[v].duration for v in video_ids], dtype=np.float32)
+    else:
+        videos = load_videos(cfg, [split], store)
+        video_ids, frames = videos.video_ids, TensorRows(videos.video)
+        video_mask, times, durations = videos.video_mask, videos.times, videos.durations
+    index = {vid: i for i, vid in enumerate(video_ids)}
 
     text = store.text(split)
     keep = [i for i, vid in enumerate(text.video_ids) if vid in index]
@@ -134,28 +241,38 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
                     "training leaves them out, evaluation counts them as misses",
                     split, len(without_video), len(text.query_ids), without_video[:5])
     tok_key = student_text_features(cfg)
-    tokens, lengths = text.tokens(tok_key)
-    tokens, lengths = tokens[keep], lengths[keep]
-    token_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    if stream:
+        stored_tokens = StoredTokens(text, tok_key, np.asarray(keep, dtype=np.int64))
+        token_rows: Rows = StreamedRows([stored_tokens])
+        lengths, width = stored_tokens.lengths, stored_tokens.width
+    else:
+        tokens, lengths = text.tokens(tok_key)
+        tokens, lengths = tokens[keep], lengths[keep]
+        token_rows, width = TensorRows(torch.from_numpy(tokens)), tokens.shape[1]
+    token_mask = np.arange(width)[None, :] < lengths[:, None]
     query_video = np.array([index[text.video_ids[i]] for i in keep], dtype=np.int64)
     data = SplitData(
-        split=split, video_ids=videos.video_ids, video=videos.video, video_mask=videos.video_mask,
-        times=videos.times, query_ids=[text.query_ids[i] for i in keep],
-        texts=[text.texts[i] for i in keep], tokens=torch.from_numpy(tokens), token_mask=torch.from_numpy(token_mask),
+        split=split, video_ids=video_ids, frames=frames, video_mask=video_mask,
+        times=times, query_ids=[text.query_ids[i] for i in keep],
+        texts=[text.texts[i] for i in keep], token_rows=token_rows, token_mask=torch.from_numpy(token_mask),
         query_video=torch.from_numpy(query_video), moments=text.moments[keep],
-        durations=videos.durations, queries_without_video=without_video,
+        durations=durations, queries_without_video=without_video, streamed=stream,
     )
-    if teacher_views:
-        max_frames = cfg.train.max_frames or cfg.extract.max_frames
-        t_len = data.video_mask.shape[1]
-        for key in teacher_views:
-            view = store.padded(split, teacher_array(key), max_frames=max_frames, dtype=np.float16)
-            if view.video_ids != videos.video_ids:
-                raise StoreError(f"teacher {key} frames and the student's videos disagree in split {split!r}")
-            frames = np.zeros((len(view.video_ids), t_len, view.features.shape[-1]), dtype=np.float16)
-            frames[:, : min(t_len, view.features.shape[1])] = view.features[:, :t_len]
-            sentences = text.sentences(key)[keep]
-            data.teacher_views[key] = (torch.from_numpy(frames), torch.from_numpy(sentences.astype(np.float16)))
+    t_len = data.max_frames
+    for key in teacher_views:
+        sentences = torch.from_numpy(text.sentences(key)[keep].astype(np.float16))
+        if stream:
+            view = StoredFrames(store, split, teacher_array(key), max_frames)
+            view_ids, rows = view.video_ids, StreamedRows([view])
+        else:
+            padded = store.padded(split, teacher_array(key), max_frames=max_frames, dtype=np.float16)
+            view_ids = padded.video_ids
+            frames_of_teacher = np.zeros((len(view_ids), t_len, padded.features.shape[-1]), dtype=np.float16)
+            frames_of_teacher[:, : min(t_len, padded.features.shape[1])] = padded.features[:, :t_len]
+            rows = TensorRows(torch.from_numpy(frames_of_teacher))
+        if view_ids != video_ids:
+            raise StoreError(f"teacher {key} frames and the student's videos disagree in split {split!r}")
+        data.teacher_views[key] = (rows, sentences)
     if teachers:
         from storage.teacher_cache import TeacherCache
 
@@ -163,7 +280,7 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
         n_frames = data.video_mask.sum(1).numpy()[query_video]
         for key in teachers:
             flat, offsets = cache.positive_frames(key, split)  # rows in text(split) order
-            scores = np.zeros((len(keep), data.video_mask.shape[1]), dtype=np.float32)
+            scores = np.zeros((len(keep), t_len), dtype=np.float32)
             for j, i in enumerate(keep):
                 row = flat[offsets[i]:offsets[i + 1]].astype(np.float32)
                 if len(row) != n_frames[j]:  # the student view was resampled to train.max_frames
@@ -171,4 +288,3 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
                 scores[j, : n_frames[j]] = row
             data.teacher_positive[key] = torch.from_numpy(scores)
     return data
-

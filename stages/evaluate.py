@@ -15,6 +15,7 @@ import torch
 
 from configs.schema import RunConfig
 from stages.data import SplitData, load_split
+from stages.prefetch import prefetched
 from stages.sources import stored_teachers
 from storage.features import FeatureStore
 from storage.runs import RunPaths
@@ -30,16 +31,17 @@ def encode_split(model, data: SplitData, device: torch.device | str = "cpu", bra
     """Normalised gallery frames and query vectors of every branch, encoded once."""
     model.eval()
     gallery: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(data.video_ids), VIDEO_CHUNK):
-        sl = slice(start, start + VIDEO_CHUNK)
-        enc = model.encode_gallery(data.video[sl].float().to(device), data.video_mask[sl].to(device), branch)
-        for k, v in enc.items():
+    # Chunk by chunk, read ahead in a thread: a streamed split is never whole in memory.
+    video_chunks = [np.arange(i, min(i + VIDEO_CHUNK, len(data.video_ids)))
+                    for i in range(0, len(data.video_ids), VIDEO_CHUNK)]
+    for video, mask in prefetched(data.video_rows, video_chunks, 2, device):
+        for k, v in model.encode_gallery(video, mask, branch).items():
             gallery.setdefault(k, []).append(v)
     queries: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(data.query_ids), VIDEO_CHUNK * 4):
-        sl = slice(start, start + VIDEO_CHUNK * 4)
-        enc = model.encode_queries(data.tokens[sl].float().to(device), data.token_mask[sl].to(device), branch)
-        for k, v in enc.items():
+    query_chunks = [np.arange(i, min(i + VIDEO_CHUNK * 4, len(data.query_ids)))
+                    for i in range(0, len(data.query_ids), VIDEO_CHUNK * 4)]
+    for tokens, mask in prefetched(data.query_rows, query_chunks, 2, device):
+        for k, v in model.encode_queries(tokens, mask, branch).items():
             queries.setdefault(k, []).append(v)
     return ({k: torch.cat(v) for k, v in gallery.items()}, {k: torch.cat(v) for k, v in queries.items()},
             data.video_mask.to(device))

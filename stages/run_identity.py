@@ -10,7 +10,7 @@ from storage.features import FeatureStore
 from storage.fingerprint import fingerprint
 
 # Settings that may change between a run and its resumption without changing the trajectory.
-_RESUMABLE_KEYS = {"resume", "device", "amp"}
+_RESUMABLE_KEYS = {"resume", "device", "amp", "data", "memory_limit_gb", "prefetch"}
 
 
 def active_branches(train: TrainConfig) -> list[str]:

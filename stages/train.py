@@ -18,6 +18,7 @@ import torch
 
 from configs.schema import RunConfig, TrainConfig
 from stages.data import SplitData, load_split
+from stages.prefetch import prefetched
 from storage.checkpoints import (
     CheckpointError, best_checkpoint, epoch_checkpoint, newest_loadable, prune_epoch_checkpoints, save_checkpoint,
 )
@@ -103,8 +104,8 @@ def student_config(cfg: RunConfig, data: SplitData):
     t = cfg.train
     return StudentConfig(video_dim=data.video_dim, text_dim=data.text_dim, hidden=t.hidden, heads=t.heads,
                          # Positions for every frame any split may hold, not just the longest training video.
-                         dropout=t.dropout, max_frames=max(data.video.shape[1], t.max_frames or cfg.extract.max_frames),
-                         max_tokens=data.tokens.shape[1],
+                         dropout=t.dropout, max_frames=max(data.max_frames, t.max_frames or cfg.extract.max_frames),
+                         max_tokens=data.max_tokens,
                          fusion=t.fusion)
 
 
@@ -225,11 +226,9 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
         alpha, beta = soft_label_weights(t.soft_schedule, epoch, t.epochs, t.soft_alpha, t.soft_beta)
         order = torch.randperm(n_videos, generator=gens["shuffle"]).numpy()
         sums = {"loss": 0.0, "triplet": 0.0, "infonce": 0.0, "distill": 0.0}
-        for start in range(0, n_videos, t.batch_videos):
-            rows = order[start:start + t.batch_videos]
-            if len(rows) < 2:  # a lone video has no negatives
-                continue
-            batch = train_data.batch(rows, device)
+        # A lone video has no negatives.
+        batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, n_videos, t.batch_videos)) if len(b) >= 2]
+        for batch in prefetched(train_data.batch, batches, t.prefetch, device):
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
                 loss, parts = batch_loss(model, batch, t, teachers, soft_teachers, weights, w, (alpha, beta),

@@ -123,6 +123,21 @@ class _NamedArray:
             raise StoreError(f"{self.where}: cannot read the stored data ({type(e).__name__}: {e}); "
                              f"{DAMAGED_ADVICE}") from e
 
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The given rows (any order, repeats allowed), reading each chunk they touch once."""
+        unique, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        if len(unique) == 0:
+            return np.zeros((0, *self.shape[1:]), dtype=self.dtype)
+        lo, hi = int(unique[0]), int(unique[-1]) + 1
+        try:
+            # A dense run reads as one slice, cheaper than an orthogonal selection over the same chunks.
+            block = (self._array[lo:hi][unique - lo] if hi - lo <= 2 * len(unique)
+                     else self._array.oindex[unique])
+        except Exception as e:
+            raise StoreError(f"{self.where}: cannot read the stored data ({type(e).__name__}: {e}); "
+                             f"{DAMAGED_ADVICE}") from e
+        return block[inverse]
+
     def __len__(self) -> int:
         return self.shape[0]
 
@@ -188,6 +203,11 @@ class TextSplit:
     def tokens(self, model: str) -> tuple[np.ndarray, np.ndarray]:
         tokens, lengths = token_arrays(model)
         return _read(self.group, tokens, self.where), _read(self.group, lengths, self.where)
+
+    def lazy_tokens(self, model: str) -> tuple[_NamedArray, np.ndarray]:
+        """(token features read on demand (Q, L, W), token counts (Q,)): for data larger than memory."""
+        tokens, lengths = token_arrays(model)
+        return _named(self.group, tokens, self.where), _read(self.group, lengths, self.where)
 
     @property
     def where(self) -> str:
@@ -493,6 +513,10 @@ class FeatureStore:
             return []
         group = self.root["videos"][shard_name(shards[0])]
         return sorted(k for k in group.array_keys() if k not in ("frame_time", "offsets"))
+
+    def shard_array(self, shard: int, name: str) -> _NamedArray:
+        """One array of a committed shard (rows = frames), read lazily."""
+        return self._shard_array(shard, name)
 
     def _shard_array(self, shard: int, name: str) -> _NamedArray:
         group = self.root["videos"][shard_name(shard)]
