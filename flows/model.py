@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
 from prefect import flow, get_run_logger, task
+from prefect.futures import wait
 from prefect.artifacts import (
     create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact,
 )
@@ -11,6 +15,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
 from flows.progress import ProgressArtifact, artifact_key
+from flows import runners
 from flows.runners import dask_client
 from stages import evaluate as ev
 from stages import teacher as tc
@@ -78,13 +83,36 @@ def train_task(config: RunConfig) -> dict:
     rows = [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in summary["history"]]
     create_table_artifact(rows, key=artifact_key(config, "train-history"),
                           description=f"per-epoch training of {config.name}")
-    return {k: v for k, v in summary.items() if k != "history"}
+    return {**{k: v for k, v in summary.items() if k != "history"}, "ran_on": ran_on()}
+
+
+def ran_on() -> str:
+    """host:pid of the process a task ran in (the flow's own, or a Dask worker's)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def on_the_runner(config: RunConfig, task_fn, device: str) -> dict:
+    """Run one task on the flow's task runner, holding a GPU on Dask workers that declare one
+    when `device` is (or may be) CUDA: training and evaluation go where extraction shards go."""
+    with runners.holding(runners.gpu_resources(config, device)):
+        future = task_fn.submit(config)
+    wait([future])
+    lost = runners.settle_lost(future)  # its workers died: the task could not say so itself
+    if lost:
+        raise RuntimeError(f"{task_fn.name} of run {config.name}: {lost}; run it again: training resumes from "
+                           f"the newest checkpoint in {config.runs_dir}, on any worker that reaches it")
+    return future.result()
 
 
 @flow(name="train")
 def train_flow(config: RunConfig) -> dict:
     require_complete_store(config)
-    return train_task(config)
+    return on_the_runner(config, train_task, config.train.device)
+
+
+def train_flow_for(config: RunConfig):
+    """The train flow on the config's task runner (runner: dask / local-dask: a cluster worker)."""
+    return train_flow.with_options(task_runner=runners.task_runner_for(config, config.train.device))
 
 
 @task(name="evaluate-student")
@@ -101,10 +129,15 @@ def evaluate_task(config: RunConfig) -> dict:
     if report:
         text = report_without_images(Path(report).read_text(encoding="utf-8"), Path(report).parent)
         create_markdown_artifact(text, key=artifact_key(config, "report"), description=f"report of {config.name}")
-    return summary
+    return {**summary, "ran_on": ran_on()}
 
 
 @flow(name="evaluate")
 def evaluate_flow(config: RunConfig) -> dict:
     require_complete_store(config)
-    return evaluate_task(config)
+    return on_the_runner(config, evaluate_task, config.train.device)
+
+
+def evaluate_flow_for(config: RunConfig):
+    """The evaluate flow on the config's task runner (runner: dask / local-dask: a cluster worker)."""
+    return evaluate_flow.with_options(task_runner=runners.task_runner_for(config, config.train.device))

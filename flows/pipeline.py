@@ -28,7 +28,7 @@ def prvr_flow(
     `profile` picks a profile of the config file (e.g. "videos" in configs/tvr.yaml); `index_splits`
     the splits whose videos the search index holds (default: all videos)."""
     from flows.index import index_flow
-    from flows.model import evaluate_flow, teacher_flow, train_flow
+    from flows.model import evaluate_flow_for, teacher_flow, train_flow_for
 
     cfg = load_config(config_path, overrides or {}, profile)
     check_source(cfg)  # the manifest or release validated at the door, before any work
@@ -47,9 +47,9 @@ def prvr_flow(
     if "teacher" in wanted:
         results["teacher"] = teacher_flow(cfg)
     if "train" in wanted:
-        results["train"] = train_flow(cfg)
+        results["train"] = train_flow_for(cfg)(cfg)
     if "evaluate" in wanted:
-        results["evaluate"] = {k: v for k, v in evaluate_flow(cfg).items() if k != "files"}
+        results["evaluate"] = {k: v for k, v in evaluate_flow_for(cfg)(cfg).items() if k != "files"}
     if "index" in wanted:
         results["index"] = index_flow(cfg, index_splits)
     return results

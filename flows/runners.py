@@ -82,9 +82,11 @@ def local_cluster_kwargs(runner: RunnerConfig, gpus: list[str]) -> dict[str, Any
     return kwargs
 
 
-def task_runner_for(config: RunConfig) -> TaskRunner:
-    """The task runner for GPU stages (extraction), from `config.runner`."""
+def task_runner_for(config: RunConfig, device: str | None = None) -> TaskRunner:
+    """The task runner for GPU stages (extraction, training, evaluation), from `config.runner`;
+    `device`: the stage's device setting (default extract.device)."""
     runner = config.runner
+    device = device or config.extract.device
     if runner.kind == "threads":
         return ThreadPoolTaskRunner(max_workers=1)
     from distributed import LocalCluster
@@ -93,7 +95,7 @@ def task_runner_for(config: RunConfig) -> TaskRunner:
     if runner.kind == "dask":
         return DaskTaskRunner(address=runner.address)
     allow_worker_children()
-    gpus = cuda_devices() if config.extract.device != "cpu" else []
+    gpus = cuda_devices() if device != "cpu" else []
     return DaskTaskRunner(cluster_class=LocalCluster, cluster_kwargs=local_cluster_kwargs(runner, gpus))
 
 
@@ -108,13 +110,15 @@ def _flow_dask_client() -> Client | None:
     return runner.client  # type: ignore[attr-defined]
 
 
-def gpu_resources(config: RunConfig) -> dict[str, float]:
+def gpu_resources(config: RunConfig, device: str | None = None) -> dict[str, float]:
     """Dask resources a GPU task must hold on this flow's runner: {"GPU": 1} or nothing.
 
-    extract.device cuda: always (tasks wait for a worker declaring a GPU). auto: when some worker
-    of the cluster declares one. cpu, or the threads runner: nothing.
+    `device` (the stage's setting, default extract.device) cuda: always (tasks wait for a worker
+    declaring a GPU). auto: when some worker of the cluster declares one. cpu, or the threads runner:
+    nothing.
     """
-    if config.runner.kind == "threads" or config.extract.device == "cpu":
+    device = device or config.extract.device
+    if config.runner.kind == "threads" or device == "cpu":
         return {}
     client = _flow_dask_client()
     if client is None:
@@ -125,9 +129,9 @@ def gpu_resources(config: RunConfig) -> dict[str, float]:
         info = client.scheduler_info()
     workers = info.get("workers", {}).values()
     declared = sum(1 for w in workers if (w.get("resources") or {}).get(GPU, 0) >= 1)
-    if config.extract.device == "cuda":
+    if device == "cuda":
         if not declared:
-            log.warning("extract.device is cuda but no worker of the cluster declares a %s resource yet; "
+            log.warning("the stage's device is cuda but no worker of the cluster declares a %s resource yet; "
                         "GPU tasks wait for one (start workers with `--resources %s=1`)", GPU, GPU)
         return {GPU: 1}
     return {GPU: 1} if declared else {}
