@@ -373,3 +373,33 @@ def test_local_dask_runs_extraction_and_teacher_on_its_own_cluster(dataset, thre
     for r in results:
         build_teacher_cache(threads_store, r["teacher"], r["split"])  # in this process; skipped if built
         assert_same_cache(TeacherCache(cfg.store), TeacherCache(threads_store.store), r["teacher"], r["split"])
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_run_on_a_cluster_worker_like_in_process(dataset, threads_store, cluster, tmp_path):
+    """runner: dask sends the train and evaluate tasks to a worker of the cluster (where a GPU would
+    be); the model it trains is the one this process trains from the same store and config."""
+    from flows.model import evaluate_flow_for, teacher_flow, train_flow_for
+    from stages.evaluate import evaluate_run
+    from stages.train import train
+
+    small = {"train.epochs": 2, "train.hidden": 32, "train.heads": 4, "train.batch_videos": 2, "train.device": "cpu"}
+    path = write_config(tmp_path, dataset, threads_store.store, shard_size=2)
+    here = load_config(path, {**small, "runs_dir": str(tmp_path / "here")})
+    there = load_config(path, {**small, "runs_dir": str(tmp_path / "there"), "runner.kind": "dask",
+                               "runner.address": cluster[0].scheduler_address})
+    teacher_flow(here)  # caches of the evaluated split (kept when another test built them)
+    ours = train(here)
+    trained = train_flow_for(there)(there)
+    workers = {f"{host}:{pid}" for host, pid in cluster[1].run(lambda: (__import__("socket").gethostname(),
+                                                                         os.getpid())).values()}
+    assert trained["ran_on"] in workers and trained["ran_on"].rsplit(":", 1)[1] != str(os.getpid())
+    # The workers run torch with their own thread count: the same model within float tolerance.
+    assert trained["best_epoch"] == ours["best_epoch"]
+    assert trained["best_val_SumR"] == pytest.approx(ours["best_val_SumR"], rel=1e-5, abs=1e-5)
+    evaluated = evaluate_flow_for(there)(there)
+    assert evaluated["ran_on"] in workers
+    assert (tmp_path / "there" / there.name / "metrics.json").exists()
+    local = evaluate_run(here)["methods"]
+    for method, metrics in local.items():
+        assert evaluated["methods"][method] == pytest.approx(metrics, abs=1e-6), method
