@@ -242,7 +242,7 @@ def main() -> None:
             shutil.rmtree(base, ignore_errors=True)
     lo, hi = fractions[0], fractions[-1]
     growth = {}
-    for stage in STAGES:
+    for stage in STAGES if hi > lo else ():
         a, b = table[lo][stage], table[hi][stage]
         per_unit = (b["seconds"] / b["units"]) / (a["seconds"] / a["units"])
         growth[stage] = {"time_exponent": round(exponent(a["seconds"], b["seconds"], lo, hi), 2),

@@ -1,9 +1,13 @@
-"""Seconds per training epoch with each batch padded to the split's longest video and query (as
-before) against padded to the batch's own longest, side by side in one run, same model, same batches.
+"""Seconds per training epoch, side by side in one run, same model, same batches:
+  split:  each batch padded to the split's longest video and query (prvr before 2026-12-01);
+  batch:  padded to the batch's own longest (2026-12-01);
+  packed: batch padding, and only valid frames and tokens through the input projection
+          (models.student.InputProjection.packed, 2026-12-02: today's training).
 
 Usage: python bench/train_epoch.py configs/demo.yaml [--repeats 2]
 Needs the config's store and teacher caches (run the pipeline's extract and teacher stages first).
-Prints one JSON line: seconds of each epoch pass and the ratio of their medians.
+Prints one JSON line: seconds of each epoch pass, the ratios of their medians and each variant's
+summed epoch loss.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--repeats", type=int, default=2, help="epoch passes per padding, interleaved")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--max-batches", type=int, default=None, help="only the first N batches of the epoch")
     args = parser.parse_args()
 
     from models.losses import LossWeights
-    from models.student import DLDKDStudent
+    from models.student import DLDKDStudent, InputProjection
     from stages.data import load_split
     from stages.train import batch_loss, distilled_teachers, make_optimizer, optimizer_step, student_config
     from storage.features import FeatureStore
@@ -47,9 +52,13 @@ def main() -> None:
     weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
                           distill_temperature=t.distill_temperature)
     order = torch.randperm(len(data.video_ids), generator=torch.Generator().manual_seed(1)).numpy()
+    if args.max_batches:
+        order = order[: args.max_batches * t.batch_videos]
     scaler = torch.amp.GradScaler("cuda", enabled=False)
 
-    def epoch(pad_to_batch: bool) -> tuple[float, float]:
+    def epoch(variant: str) -> tuple[float, float]:
+        pad_to_batch = variant != "split"
+        InputProjection.packed = variant == "packed"
         model = copy.deepcopy(initial).train()
         optimizer, _ = make_optimizer(model, t, 1000)
         negatives = torch.Generator().manual_seed(2)
@@ -67,17 +76,21 @@ def main() -> None:
             total += float(loss.detach())
         return time.perf_counter() - started, total
 
-    seconds = {"split": [], "batch": []}
+    variants = ("split", "batch", "packed")
+    seconds = {v: [] for v in variants}
     losses = {}
     for _ in range(args.repeats):
-        for mode in ("split", "batch"):
-            s, loss = epoch(mode == "batch")
-            seconds[mode].append(round(s, 2))
-            losses[mode] = loss
-    ratio = statistics.median(seconds["split"]) / statistics.median(seconds["batch"])
+        for variant in variants:
+            s, loss = epoch(variant)
+            seconds[variant].append(round(s, 2))
+            losses[variant] = loss
+    InputProjection.packed = True
+    median = {v: statistics.median(seconds[v]) for v in variants}
     print(json.dumps({"config": cfg.name, "videos": len(data.video_ids), "batch_videos": t.batch_videos,
-                      "seconds_split_padding": seconds["split"], "seconds_batch_padding": seconds["batch"],
-                      "speedup": round(ratio, 2),
+                      "epoch_seconds": seconds,
+                      "speedup_batch_vs_split": round(median["split"] / median["batch"], 2),
+                      "speedup_packed_vs_batch": round(median["batch"] / median["packed"], 2),
+                      "speedup_packed_vs_split": round(median["split"] / median["packed"], 2),
                       "epoch_loss_sum": {k: round(v, 4) for k, v in losses.items()},
                       "threads": torch.get_num_threads()}))
 

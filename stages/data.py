@@ -121,12 +121,14 @@ class SplitData:
         return self.token_rows.take(rows).float(), self.token_mask[torch.as_tensor(rows, dtype=torch.long)]
 
     def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu",
-              pad_to_batch: bool = True) -> dict[str, torch.Tensor]:
+              pad_to_batch: bool = True, float32: bool = True) -> dict[str, torch.Tensor]:
         """Videos with all their queries; query_video indexes the batch's videos.
 
         Frames and tokens are cut to the batch's longest video and query (padding sits at the end and
         is masked everywhere, so the outputs are those of the split-wide padding, at less cost);
-        pad_to_batch=False keeps the split-wide padding (for comparisons)."""
+        pad_to_batch=False keeps the split-wide padding (for comparisons). float32=False leaves the
+        features in float16, half the memory in a prefetch queue and on the way to a GPU
+        (`as_float32` converts them where they are used)."""
         queries = np.concatenate([self.queries_by_video[v] for v in video_rows])
         position = {int(v): i for i, v in enumerate(video_rows)}
         query_video = torch.tensor([position[int(self.query_video[q])] for q in queries], dtype=torch.long)
@@ -138,16 +140,22 @@ class SplitData:
             frames = max(1, int(video_mask.sum(1).max()))
             tokens = max(1, int(token_mask.sum(1).max())) if len(qrows) else 1
         out = {
-            "video": self.frames.take(video_rows, frames).float(), "video_mask": video_mask[:, :frames],
-            "tokens": self.token_rows.take(queries, tokens).float(), "token_mask": token_mask[:, :tokens],
+            "video": self.frames.take(video_rows, frames), "video_mask": video_mask[:, :frames],
+            "tokens": self.token_rows.take(queries, tokens), "token_mask": token_mask[:, :tokens],
             "query_video": query_video,
         }
         for key, scores in self.teacher_positive.items():
             out[f"teacher:{key}"] = scores[qrows, :frames]
         for key, (frames_of_teacher, sentences) in self.teacher_views.items():
-            out[f"teacher_frames:{key}"] = frames_of_teacher.take(video_rows, frames).float()
-            out[f"teacher_sentences:{key}"] = sentences[qrows].float()
-        return {k: v.to(device) for k, v in out.items()}
+            out[f"teacher_frames:{key}"] = frames_of_teacher.take(video_rows, frames)
+            out[f"teacher_sentences:{key}"] = sentences[qrows]
+        out = {k: v.to(device) for k, v in out.items()}
+        return as_float32(out) if float32 else out
+
+
+def as_float32(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch's float16 features as float32 (masks and indices as they are)."""
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in batch.items()}
 
 
 @dataclass

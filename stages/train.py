@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from configs.schema import RunConfig, TrainConfig
-from stages.data import SplitData, load_split
+from stages.data import SplitData, as_float32, load_split
 from stages.prefetch import prefetched
 from storage.checkpoints import (
     CheckpointError, best_checkpoint, epoch_checkpoint, newest_loadable, prune_epoch_checkpoints, save_checkpoint,
@@ -89,6 +89,11 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
         loss = loss + distill_weight * kl
         sums["distill"] += float(kl.detach())
     return loss, sums
+
+
+def half_batch(data: SplitData) -> Callable[[Any], dict[str, torch.Tensor]]:
+    """data.batch(rows) with the features left in float16."""
+    return lambda rows: data.batch(rows, float32=False)
 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
@@ -228,7 +233,8 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
         sums = {"loss": 0.0, "triplet": 0.0, "infonce": 0.0, "distill": 0.0}
         # A lone video has no negatives.
         batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, n_videos, t.batch_videos)) if len(b) >= 2]
-        for batch in prefetched(train_data.batch, batches, t.prefetch, device):
+        # float16 in the queue and on the way to the device; float32 where the model reads it.
+        for batch in map(as_float32, prefetched(half_batch(train_data), batches, t.prefetch, device)):
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
                 loss, parts = batch_loss(model, batch, t, teachers, soft_teachers, weights, w, (alpha, beta),

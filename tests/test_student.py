@@ -286,3 +286,32 @@ def test_dropout_is_active_only_in_training() -> None:
         assert torch.equal(student.scores(*batch), student.scores(*batch))
         student.train()
         assert not torch.equal(student.scores(*batch), student.scores(*batch))
+
+
+def test_packed_input_projection_equals_the_padded_one_in_training() -> None:
+    """Only valid rows are projected: the same outputs on them (within float tolerance), the same
+    dropout noise on them, the same random stream afterwards, and gradients on the same weights."""
+    from models.student import InputProjection
+
+    video, video_mask, _, _ = make_batch()
+    video = video.clone().requires_grad_(False)
+    outputs, grads, after = [], [], []
+    for packed in (False, True):
+        torch.manual_seed(0)
+        layer = InputProjection(video.shape[-1], 16, dropout=0.3).train()
+        InputProjection.packed = packed
+        try:
+            torch.manual_seed(5)
+            out = layer(video, video_mask)
+            after.append(torch.rand(3))  # the stream after the dropout draw
+            out[video_mask].sum().backward()
+        finally:
+            InputProjection.packed = True
+        outputs.append(out[video_mask].detach())
+        grads.append(layer.linear.weight.grad.clone())
+        if packed:
+            assert torch.equal(out[~video_mask], torch.zeros_like(out[~video_mask]))  # padded rows: zero
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(after[0], after[1])
+    assert (outputs[1] == 0).any()  # dropout (then ReLU) did act
