@@ -71,9 +71,11 @@ def dropout_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device, p
 class InputProjection(nn.Module):
     """LayerNorm -> dropout -> Linear(in, hidden) -> ReLU, applied per frame / token.
 
-    Given the mask, only the valid rows are normalised and projected (the widest layer of the
-    student: at TVR's shape about two thirds of a batch's frames are padding); padded rows come
-    out zero, which no output reads (see the padding contract above)."""
+    In training, given the mask, only the valid rows are normalised and projected (the widest
+    layer of the student: at TVR's shape more than half of a batch's frames are padding); padded rows
+    come out zero, which no output reads (see the padding contract above). Inference keeps the
+    padded computation: a matmul's rounding can depend on how many rows it gets, and evaluation,
+    the index and a searched sentence must keep scoring exactly alike."""
 
     packed = True  # class-wide switch, for bench/train_epoch.py's side-by-side measurement
 
@@ -84,7 +86,7 @@ class InputProjection(nn.Module):
         self.linear = nn.Linear(in_dim, hidden)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None or not self.packed:
+        if mask is None or not self.packed or not self.training:
             return F.relu(self.linear(self.dropout(self.norm(x))))
         rows = self.norm(x[mask])  # (valid rows, in_dim)
         p = self.dropout.p

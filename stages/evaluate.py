@@ -18,7 +18,7 @@ from stages.data import SplitData, load_split
 from stages.prefetch import prefetched
 from stages.sources import stored_teachers
 from storage.features import FeatureStore
-from storage.runs import RunPaths
+from storage.runs import RunPaths, read_history
 
 log = logging.getLogger("prvr.evaluate")
 VIDEO_CHUNK = 256  # videos encoded per forward when building the gallery
@@ -165,8 +165,10 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
     report(0.9, "moments of the top videos")
     moments = moments_of_top_videos(model, data, branch, ranks_by_branch[branch], encoded, device)
     paths = RunPaths.of(cfg.runs_dir, cfg.name)
-    found = newest_loadable(paths)
-    history = list(found[1]["history"]) if found else []
+    history = read_history(paths)
+    if history is None:  # a run trained before history.json was written each epoch
+        found = newest_loadable(paths)
+        history = list(found[1]["history"]) if found else []
     missing = len(data.queries_without_video)
     summary = {"run": cfg.name, "split": split, "queries": len(data.query_ids) + missing,
                "queries_without_video": missing, "videos": len(data.video_ids),

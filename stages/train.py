@@ -27,7 +27,7 @@ from stages.run_identity import (  # noqa: F401  (re-exported: the training's id
     stopped_early,
 )
 from storage.features import FeatureStore, StoreError
-from storage.runs import RunPaths
+from storage.runs import RunPaths, write_history, write_resolved_config
 
 log = logging.getLogger("prvr.train")
 CHECKPOINT_FORMAT = 1
@@ -60,17 +60,19 @@ def teacher_batch_scores(batch: dict[str, torch.Tensor], teachers: list[str], sc
 
 def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: list[str], soft_teachers: list[str],
                weights, distill_weight: float, soft_shares: tuple[float, float],
-               negatives: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+               negatives: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """One batch's DL-DKD loss (call inside autocast): each active branch's triplet + InfoNCE (soft
     targets with train.soft_infonce), plus the weighted distillation KL of the inheritance branch.
-    Returns (loss, {"triplet", "infonce", "distill": summed floats for the epoch record})."""
+    Returns (loss, {"triplet", "infonce", "distill": detached float64 sums for the epoch record}):
+    tensors, not Python floats, so that a GPU step waits for no host copy; summing them in float64
+    gives the very numbers that summing their Python floats gave."""
     from models.losses import branch_loss, gather_positive, multi_teacher_kl
 
     branches = active_branches(t)
     outputs = {name: model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"], batch["token_mask"])
                for name in branches}
     loss = torch.zeros((), device=batch["video"].device)
-    sums = {"triplet": 0.0, "infonce": 0.0, "distill": 0.0}
+    sums: dict[str, torch.Tensor | float] = {"triplet": 0.0, "infonce": 0.0, "distill": 0.0}
     for name in branches:
         soft = None
         if t.soft_infonce:  # DL-DKD++: the teacher's in-batch scores, or the branch's own
@@ -79,15 +81,15 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
             soft = (scores, *soft_shares)
         parts = branch_loss(outputs[name], batch["query_video"], weights, negatives, soft)
         loss = loss + parts["total"]
-        sums["triplet"] += float(parts["triplet"].detach())
-        sums["infonce"] += float(parts["infonce"].detach())
+        sums["triplet"] = sums["triplet"] + parts["triplet"].detach().double()
+        sums["infonce"] = sums["infonce"] + parts["infonce"].detach().double()
     if teachers:
         student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
         mask = batch["video_mask"][batch["query_video"]]
         kl = multi_teacher_kl(student_pos.float(), [batch[f"teacher:{k}"] for k in teachers], mask,
                               t.distill_temperature)
         loss = loss + distill_weight * kl
-        sums["distill"] += float(kl.detach())
+        sums["distill"] = sums["distill"] + kl.detach().double()
     return loss, sums
 
 
@@ -168,6 +170,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     t = cfg.train
     device = torch.device(resolve_device(t.device))
     paths = RunPaths.of(cfg.runs_dir, cfg.name).make()
+    write_resolved_config(paths, cfg.model_dump(mode="json"))
     store = FeatureStore(cfg.store)
     teachers = distilled_teachers(cfg)
     require_teachers(cfg, store, teachers)
@@ -240,15 +243,16 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
                 loss, parts = batch_loss(model, batch, t, teachers, soft_teachers, weights, w, (alpha, beta),
                                          gens["negatives"])
             for k, v in parts.items():
-                sums[k] += v
+                sums[k] = sums[k] + v
             optimizer_step(loss, optimizer, scaler)
             scheduler.step()
             step += 1
-            sums["loss"] += float(loss.detach())
+            sums["loss"] = sums["loss"] + loss.detach().double()  # read once per epoch: no sync per step
         record: dict[str, Any] = {"epoch": epoch, "step": step, "distill_weight": w if teachers else 0.0,
                                   **({"soft_alpha": alpha, "soft_beta": beta} if t.soft_infonce else {}),
                                   "lr": optimizer.param_groups[0]["lr"],
-                                  **{("loss" if k == "loss" else f"loss_{k}"): v / steps_per_epoch for k, v in sums.items()}}
+                                  **{("loss" if k == "loss" else f"loss_{k}"): float(v) / steps_per_epoch
+                                     for k, v in sums.items()}}
         if val_data is not None:
             val_metrics, _ = evaluate_student(model, val_data, eval_branch(t), device=device)
             record["val_SumR"] = val_metrics["SumR"]
@@ -274,6 +278,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
             "config_fingerprint": config_fp, **trained_on, "student_config": asdict(model_cfg)})
         # The best epoch's checkpoint stays: best.pt can always be rebuilt from it.
         prune_epoch_checkpoints(paths, protect=best["epoch"] + 1, fingerprint=config_fp)
+        write_history(paths, history)
         epochs_run += 1
         log.info("epoch %d: loss %.4f, distill weight %.4f, val SumR %.2f%s", epoch, record["loss"],
                  record["distill_weight"], record["val_SumR"], " (best)" if improved else "")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 
 @dataclass(frozen=True)
@@ -65,3 +68,20 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_history(paths: RunPaths, history: list[dict]) -> None:
+    """The per-epoch training record, rewritten after each epoch (readers need no checkpoint)."""
+    write_atomic(paths.history, json.dumps(history, indent=1, default=float).encode())
+
+
+def read_history(paths: RunPaths) -> list[dict] | None:
+    """The per-epoch record of a run; None when the run has written none (a run from before 2026-12-02)."""
+    if not paths.history.exists():
+        return None
+    return list(json.loads(paths.history.read_text(encoding="utf-8")))
+
+
+def write_resolved_config(paths: RunPaths, config: dict) -> None:
+    """The run's config as resolved (file, profile and overrides applied), for the record."""
+    write_atomic(paths.config, yaml.safe_dump(config, sort_keys=False).encode())
