@@ -16,10 +16,12 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from prvr.errors import UserError
+
 _SLUG = re.compile(r"[^a-z0-9]+")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot be used; the message lists every problem."""
 
 

@@ -9,6 +9,7 @@ from prefect.futures import as_completed
 from configs.schema import RunConfig
 from flows.progress import artifact_key
 from flows import runners
+from prvr.errors import UserError
 from stages import extract as ex
 from stages.manifest import load_manifest
 from stages.weights import fetch_teacher_weights
@@ -16,7 +17,7 @@ from storage.features import FeatureStore
 from storage.lease import StoreLease
 
 
-class ExtractionIncomplete(RuntimeError):
+class ExtractionIncomplete(UserError, RuntimeError):
     """Raised so the flow run ends Failed while any shard is missing."""
 
 

@@ -17,6 +17,7 @@ from configs.schema import RunConfig
 from flows.progress import ProgressArtifact, artifact_key
 from flows import runners
 from flows.runners import dask_client
+from prvr.errors import UserError
 from stages import evaluate as ev
 from stages import teacher as tc
 from stages import train as tr
@@ -24,7 +25,7 @@ from stages.sources import source_splits, source_status, stored_teachers
 from storage.features import FeatureStore, StoreError
 
 
-class StoreIncomplete(RuntimeError):
+class StoreIncomplete(UserError, RuntimeError):
     """Downstream stages never start on a partial feature store."""
 
 

@@ -13,12 +13,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from configs.schema import RunConfig
 from flows.progress import artifact_key
+from prvr.errors import UserError
 from stages import release as rel
 from storage.features import FeatureStore
 from storage.lease import StoreLease
 
 
-class ImportIncomplete(RuntimeError):
+class ImportIncomplete(UserError, RuntimeError):
     """Raised so the flow run ends Failed while any shard or text split is missing."""
 
 

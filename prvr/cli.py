@@ -12,6 +12,7 @@ import typer
 
 from flows.stage_names import ALL_STAGES
 from prvr.env import apply_defaults
+from prvr.errors import UserError
 
 apply_defaults()  # before anything imports prefect
 
@@ -60,16 +61,13 @@ STAGES_HELP = f"a stage to run, repeatable: {', '.join(ALL_STAGES)} (default: al
 
 def _load(config: Path, overrides: list[str], profile: Optional[str] = None):
     """The validated config; its dataset (manifest or release) checked too. Exits 2 on any problem."""
-    from configs.schema import ConfigError, load_config
-    from stages.manifest import ManifestError
-    from stages.release import ReleaseError
-    from stages.release_formats import ReleaseFormatError
+    from configs.schema import load_config
     from stages.sources import check_source
 
     try:
         cfg = load_config(config, overrides, profile)
         check_source(cfg)
-    except (ConfigError, ManifestError, ReleaseError, ReleaseFormatError) as e:
+    except UserError as e:
         _fail(str(e))
     return cfg
 
@@ -212,9 +210,6 @@ SPLIT_HELP = ("a split whose videos the index holds, repeatable (default: the in
 def _open_searcher(cfg, splits: Optional[list[str]]):
     """The run's searcher, its index brought up to date (progress on stderr); exits 2 when it cannot."""
     from stages.search import Searcher
-    from storage.checkpoints import CheckpointError
-    from storage.features import StoreError
-    from storage.index import SearchIndexError
 
     def progress(fraction: float, message: str) -> None:
         if fraction in (0.0, 1.0) or "written" in message:
@@ -222,7 +217,7 @@ def _open_searcher(cfg, splits: Optional[list[str]]):
 
     try:
         return Searcher.open(cfg, splits or None, progress=progress)
-    except (ValueError, StoreError, CheckpointError, SearchIndexError) as e:
+    except UserError as e:
         _fail(str(e))
 
 
@@ -239,12 +234,12 @@ def search(
     """Rank the stored videos for a sentence with the trained student; show the matching moment.
 
     Reads the run's search index (runs/<name>/index), built first when it is missing or stale."""
-    from stages.search import QueryError, check_query
+    from stages.search import check_query
 
     cfg = _load(config, set_ or [], profile)
     try:
         check_query(text)
-    except QueryError as e:
+    except UserError as e:
         _fail(str(e))
     searcher = _open_searcher(cfg, split)
     try:
@@ -268,13 +263,11 @@ def index(
 ) -> None:
     """Build the run's search index (the index stage, in this process): skipped when it is current."""
     from stages.index import build_index
-    from storage.checkpoints import CheckpointError
-    from storage.features import StoreError
 
     cfg = _load(config, set_ or [], profile)
     try:
         summary = build_index(cfg, split or None)
-    except (ValueError, StoreError, CheckpointError) as e:
+    except UserError as e:
         _fail(str(e))
     typer.echo(json.dumps(summary, indent=2))
 
@@ -293,7 +286,6 @@ def serve(
 
     The run's search index is built first when it is missing or stale."""
     from prvr.serve import VideoFiles, serve_forever
-    from stages.manifest import ManifestError
 
     cfg = _load(config, set_ or [], profile)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -303,7 +295,7 @@ def serve(
     try:
         try:
             files = VideoFiles(cfg.dataset.root)
-        except ManifestError as e:
+        except UserError as e:
             _fail(str(e))
         serve_forever(searcher, files, cfg.name, host, port, echo=typer.echo)
     finally:
@@ -328,7 +320,7 @@ def synth(
         with typer.progressbar(length=count, label="rendering") as bar:
             summary = generate_world(out, count, seed, preset, workers=workers, overwrite=overwrite,
                                      progress=lambda done, total: bar.update(done - bar.pos))
-    except (ValueError, FileExistsError) as e:
+    except UserError as e:
         _fail(str(e))
     typer.echo(str(summary))
 
@@ -345,7 +337,7 @@ def synth_teacher(
 
     try:
         report = train_synth_teacher(world, out, seed=seed, steps=steps, log_every=50)
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         _fail(str(e))
     typer.echo(str(report))
 
@@ -367,7 +359,7 @@ def synth_backbone(
     try:
         report = train_synth_backbone(out, seed=seed, preset=preset, window=window, stride=stride, epochs=epochs,
                                       train_scenes=scenes, log=typer.echo)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     typer.echo(str(report))
 

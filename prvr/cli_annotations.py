@@ -7,6 +7,8 @@ from typing import Callable
 
 import typer
 
+from prvr.errors import UserError
+
 ANNOTATIONS_HELP = "folder holding the release files (or one release file)"
 VIDEOS_HELP = "your folder of video files, named by video id (.mp4 .mkv .webm .avi .mov; searched recursively)"
 OUT_HELP = "dataset root to write videos.jsonl, queries.jsonl and import_report.json into"
@@ -35,7 +37,7 @@ def _summary(report: dict) -> None:
 
 def _run(dataset: str, annotations: Path, videos: Path, out: Path, val_fraction: float, seed: int,
          strict: bool, force: bool, fail: Callable[[str], None]) -> None:
-    from stages.annotations import REPORT_FILE, AnnotationError, plan_import, write_import
+    from stages.annotations import REPORT_FILE, plan_import, write_import
     from stages.manifest import OUTSIDE_FILE
 
     typer.echo(f"reading the {dataset} annotations in {annotations}")
@@ -43,7 +45,7 @@ def _run(dataset: str, annotations: Path, videos: Path, out: Path, val_fraction:
         plan = plan_import(dataset, annotations, videos, out, val_fraction=val_fraction, seed=seed,
                            strict=strict, force=force, progress=_progress)
         write_import(plan, force=force)
-    except AnnotationError as e:
+    except UserError as e:
         fail(str(e))
         return
     _summary(plan.report)

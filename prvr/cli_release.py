@@ -8,6 +8,8 @@ from typing import Callable, Optional
 
 import typer
 
+from prvr.errors import UserError
+
 
 def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
     """Add the release importer to `prvr import`."""
@@ -33,9 +35,6 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from stages import release as rel
-        from stages.release_formats import ReleaseFormatError
-        from storage.features import StoreError
-        from storage.lease import LeaseLost, StoreBusy
 
         if feature is None:
             feature = rel.DEFAULT_FEATURES.get(collection)
@@ -49,7 +48,7 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
                 max_tokens=max_tokens)
             typer.echo(f"checking the release in {settings.root} ...")
             plan = rel.open_release(settings)
-        except (rel.ReleaseError, ReleaseFormatError) as e:
+        except UserError as e:
             fail(str(e))
             return
         videos = sum(len(s.videos) for s in plan.shards)
@@ -73,7 +72,7 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
 
             try:
                 summary = rel.run_import(plan, store, on_shard=on_shard, progress=progress, prune=prune_shards)
-            except (rel.ReleaseError, ReleaseFormatError, StoreError, StoreBusy, LeaseLost) as e:
+            except UserError as e:
                 fail(str(e))
                 return
             bar.update(total, completed=videos)

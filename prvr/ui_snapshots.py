@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from prvr.errors import UserError
+
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # The UI lists runs and artifacts ten to a page; names beyond that are not expected on screen.
 UI_PAGE_SIZE = 10
@@ -31,7 +33,7 @@ UI_PAGE_SIZE = 10
 CONTENT = ".app-router-view"
 
 
-class BrowserMissing(RuntimeError):
+class BrowserMissing(UserError, RuntimeError):
     """No usable Chromium or no Playwright: the message says how to install them."""
 
 

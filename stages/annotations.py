@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from prvr.errors import MAX_LISTED, UserError, problem_list
 from stages.manifest import (OUTSIDE_FILE, QUERIES_FILE, SPLITS, VIDEOS_FILE, iter_jsonl, iter_lines,
                              outside_folders, read_text)
 
@@ -36,7 +37,6 @@ DATASETS = ("tvr", "activitynet", "charades")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order when a stem has several
 REPORT_FILE = "import_report.json"
 VIDEOS_LINK = "videos"
-MAX_LISTED = 50  # problems listed in one error; the rest are counted
 PROGRESS_EVERY = 10_000  # lines between progress callbacks (TVR train has ~87k)
 
 # Release file name -> our split before the val hold-out.
@@ -55,14 +55,12 @@ SKIPPED_FILES: dict[str, dict[str, str]] = {
 Progress = Callable[[str, int], None]  # (file name, lines or entries read so far)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """Annotations (or an import request) that cannot be converted; lists every problem."""
 
 
 def _problems_error(title: str, problems: list[str], max_listed: int = MAX_LISTED) -> AnnotationError:
-    shown = problems[:max_listed]
-    more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
-    return AnnotationError(f"{title}:\n  - " + "\n  - ".join(shown) + more)
+    return AnnotationError(problem_list(title, problems, max_listed))
 
 
 # ---------------------------------------------------------------------------- release files

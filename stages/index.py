@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from configs.schema import RunConfig
+from prvr.errors import UsageError
 from stages.evaluate import VIDEO_CHUNK
 from stages.manifest import SPLITS
 from storage.features import FeatureStore, StoreError
@@ -72,7 +73,7 @@ def resolve_selection(store: FeatureStore, splits: list[str] | None) -> list[str
     chosen = list(dict.fromkeys(store.resolve_split(s) for s in splits))
     unknown = [s for s in chosen if s not in available]
     if unknown:
-        raise ValueError(f"split(s) {unknown} hold no videos in {store.location}; splits with videos: {available}")
+        raise UsageError(f"split(s) {unknown} hold no videos in {store.location}; splits with videos: {available}")
     return chosen
 
 
@@ -119,7 +120,7 @@ def build_index(cfg: RunConfig, splits: list[str] | None = None, progress: Progr
 
     unavailable = search_unavailable(cfg)
     if unavailable:
-        raise ValueError(unavailable)
+        raise UsageError(unavailable)
     started = time.perf_counter()
     splits = _selection_of(splits)
     store = store or FeatureStore(cfg.store)

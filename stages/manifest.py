@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from prvr.errors import MAX_LISTED, UserError, problem_list
+
 VIDEOS_FILE = "videos.jsonl"
 QUERIES_FILE = "queries.jsonl"
 # {"folders": ["/abs/folder", ...]}: folders outside the root that links in the root may lead to.
@@ -25,7 +27,7 @@ OUTSIDE_FILE = "allowed_outside.json"
 SPLITS = ("train", "val", "test")
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A manifest that cannot be used; the message lists every offending line."""
 
 
@@ -180,7 +182,7 @@ def outside_folders(root: Path, problems: list[str]) -> list[Path]:
     return [Path(f).resolve() for f in folders]
 
 
-def load_manifest(root: str | Path, check_files: bool = True, max_listed: int = 50) -> Manifest:
+def load_manifest(root: str | Path, check_files: bool = True, max_listed: int = MAX_LISTED) -> Manifest:
     """Read and validate the manifest under `root`. Raises ManifestError listing every problem."""
     root = Path(root).resolve()
     problems: list[str] = []
@@ -274,7 +276,5 @@ def load_manifest(root: str | Path, check_files: bool = True, max_listed: int = 
         queries.append(Query(qid, vid, text, split, moment))
 
     if problems:
-        shown = problems[:max_listed]
-        more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
-        raise ManifestError(f"manifest problems in {root}:\n  - " + "\n  - ".join(shown) + more)
+        raise ManifestError(problem_list(f"manifest problems in {root}", problems, max_listed))
     return Manifest(root, videos, queries)

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from configs.schema import RunConfig
+from prvr.errors import UserError
 from stages.release_formats import (
     BigFile, Caption, Hdf5Rows, ReleaseFormatError, _listed, l2_normalise, mean_resample, read_captions,
     read_video2frames,
@@ -45,7 +46,7 @@ RELEASE_TEACHER = "vit-b-32-quickgelu-openai"
 TEXT_BATCH = 1024
 
 
-class ReleaseError(ValueError):
+class ReleaseError(UserError, ValueError):
     """The release cannot be imported as asked; the message says why and what to do."""
 
 

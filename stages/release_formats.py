@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-MAX_LISTED = 20
+from prvr.errors import UserError, problem_list
+
+MAX_LISTED = 20  # ids or lines of a release file named in one message
 
 
-class ReleaseFormatError(ValueError):
+class ReleaseFormatError(UserError, ValueError):
     """A release file that cannot be read as its format says; the message names file and line or id."""
 
 
@@ -75,8 +77,7 @@ def read_captions(path: Path) -> list[Caption]:
         seen[query_id] = n
         captions.append(Caption(query_id, video_of_query(query_id), text.strip()))
     if problems:
-        raise ReleaseFormatError(f"{path}: {len(problems)} bad line(s):\n  - " + "\n  - ".join(problems[:MAX_LISTED])
-                                 + (f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""))
+        raise ReleaseFormatError(problem_list(f"{path}: {len(problems)} bad line(s)", problems, MAX_LISTED))
     if not captions:
         raise ReleaseFormatError(f"{path}: no captions")
     return captions

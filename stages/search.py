@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from configs.schema import RunConfig
+from prvr.errors import UsageError, UserError
 from stages.extract import token_model
 from stages.index import build_index, current_selection, run_index_root, search_unavailable
 from storage.features import FeatureStore
@@ -35,7 +36,7 @@ FAST_SCORE_ERROR = 4 * 2.0 ** -11
 EXACT_CHUNK = 256  # candidate videos scored exactly per step
 
 
-class QueryError(ValueError):
+class QueryError(UserError, ValueError):
     """A query that cannot be searched for: empty, too long, or not text."""
 
 
@@ -127,7 +128,7 @@ class Searcher:
 
         unavailable = search_unavailable(cfg)
         if unavailable:
-            raise ValueError(unavailable)
+            raise UsageError(unavailable)
         device = resolve_device(cfg.train.device)
         store = FeatureStore(cfg.store)
         trained = load_trained_student(cfg, cfg.evaluate.checkpoint, device, store)  # best unless set

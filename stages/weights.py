@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 from configs.schema import RunConfig
+from prvr.errors import UserError
 
 
-class WeightsUnavailable(ValueError):
+class WeightsUnavailable(UserError, ValueError):
     """A pretrained tag whose weights file cannot be had (offline, no such file)."""
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from prvr.errors import UserError
 from storage.runs import RunPaths, write_atomic
 
 log = logging.getLogger("prvr.checkpoints")
@@ -17,7 +18,7 @@ _EPOCH_FILE = re.compile(r"^epoch-(\d{4,})\.pt$")
 BEST_FILE = "best.pt"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be used (incompatible config, nothing to evaluate)."""
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from prvr.errors import UserError
 from storage import integrity
 from storage.integrity import Level
 from storage.location import list_sizes, store_exists, zarr_store
@@ -88,7 +89,7 @@ def _rows_per_chunk(row_bytes: int) -> int:
     return max(64, CHUNK_BYTES // max(1, row_bytes))
 
 
-class StoreError(RuntimeError):
+class StoreError(UserError, RuntimeError):
     """The store is missing, incomplete or does not hold what was asked for."""
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from prvr.errors import UserError
 from storage.integrity import Level
 from storage.runs import RunPaths, write_atomic
 
@@ -41,7 +42,7 @@ _BUILD_PREFIX = "build-"
 _READ_BLOCK = 16 << 20  # bytes read at a time when checksumming a file
 
 
-class SearchIndexError(RuntimeError):
+class SearchIndexError(UserError, RuntimeError):
     """No usable index: missing, damaged, or not the one asked for."""
 
 

@@ -32,6 +32,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from prvr.errors import UserError
 from storage.location import zarr_store
 
 log = logging.getLogger("prvr.lease")
@@ -42,11 +43,11 @@ EXPIRE_S = 60.0  # a lease whose heartbeat is older than this is taken over from
 _FILE = re.compile(r"^lease-(\d{8})\.json$")
 
 
-class StoreBusy(RuntimeError):
+class StoreBusy(UserError, RuntimeError):
     """Another live run holds the store's lease."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(UserError, RuntimeError):
     """This run's lease was taken over (it stalled past the expiry): it must stop writing."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from prvr.errors import UsageError
 from synth.report import TrainingReport
 from synth.presets import Preset, get_preset
 from synth.render import render_frame
@@ -163,7 +164,7 @@ def train_synth_backbone(
     from models.visual import VideoBackbone
 
     if window < 2 or stride < 1 or epochs < 1 or batch_size < 2 or train_scenes < 1 or heldout_scenes < 1:
-        raise ValueError("need window >= 2, stride >= 1, epochs >= 1, batch_size >= 2 and at least one scene each")
+        raise UsageError("need window >= 2, stride >= 1, epochs >= 1, batch_size >= 2 and at least one scene each")
     started = time.perf_counter()
     spec = get_preset(preset, frame_size=frame_size, fps=fps)
     labels = labels_of(spec)

@@ -14,11 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from prvr.errors import UserError
 from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE, load_manifest
 from synth.captions import query_text
 from synth.presets import get_preset
 from synth.render import render_video
 from synth.world import SCENES_FILE, Scene, plan_world, write_scenes
+
+
+class WorldExists(UserError, FileExistsError):
+    """The output folder already holds a dataset or videos that are not ours."""
+
+
+class WorldMissing(UserError, FileNotFoundError):
+    """The folder holds no generated world."""
+
 
 WORLD_FILE = "world.json"
 VIDEOS_DIR = "videos"
@@ -97,7 +107,7 @@ def _clear_previous(out: Path, overwrite: bool) -> None:
     videos_dir = out / VIDEOS_DIR
     foreign = videos_dir.is_dir() and any(not _OUR_VIDEO.fullmatch(p.name) for p in videos_dir.iterdir())
     if (foreign or any(p.exists() for p in ours)) and not overwrite:
-        raise FileExistsError(f"{out} already holds a dataset or videos; pass overwrite=True or choose another folder")
+        raise WorldExists(f"{out} already holds a dataset or videos; pass overwrite=True or choose another folder")
     for p in ours:
         p.unlink(missing_ok=True)
     if videos_dir.is_dir():
@@ -166,5 +176,5 @@ def read_world_info(world: Path) -> dict:
     """world.json of a generated folder: the preset and seed it was drawn with."""
     path = Path(world) / WORLD_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{world} has no {WORLD_FILE}; generate it with generate_world first")
+        raise WorldMissing(f"{world} has no {WORLD_FILE}; generate it with generate_world first")
     return json.loads(path.read_text(encoding="utf-8"))

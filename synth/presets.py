@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from prvr.errors import UsageError
+
 # Object colours as RGB. Saturated and bright so they stand apart from the dark, muted
 # backgrounds even after yuv420p halves the chroma resolution.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -88,16 +90,16 @@ PRESETS: dict[str, Preset] = {
 def get_preset(name: str, frame_size: int | None = None, fps: int | None = None) -> Preset:
     """A named preset, optionally with another square frame size or frame rate."""
     if name not in PRESETS:
-        raise ValueError(f"unknown synth preset {name!r}; known: {sorted(PRESETS)}")
+        raise UsageError(f"unknown synth preset {name!r}; known: {sorted(PRESETS)}")
     preset = PRESETS[name]
     if frame_size is not None:
         if frame_size < 32:
-            raise ValueError(f"frame_size must be at least 32 pixels, got {frame_size}")
+            raise UsageError(f"frame_size must be at least 32 pixels, got {frame_size}")
         if frame_size % 2:
-            raise ValueError(f"frame_size must be even (yuv420p), got {frame_size}")
+            raise UsageError(f"frame_size must be even (yuv420p), got {frame_size}")
         preset = replace(preset, width=frame_size, height=frame_size)
     if fps is not None:
         if not 1 <= fps <= 60:
-            raise ValueError(f"fps must lie in 1..60, got {fps}")
+            raise UsageError(f"fps must lie in 1..60, got {fps}")
         preset = replace(preset, fps=fps)
     return preset

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from models.clip import ClipEncoder
+from prvr.errors import UsageError
 from synth.captions import still_caption
 from synth.generate import read_world_info
 from synth.language import corpus_vocabulary, language_corpus, next_token_loss
@@ -126,9 +127,9 @@ def train_synth_teacher(
     language (synth/language.py, weight `language_weight`; 0 turns it off): it reads the action
     words the stills never show."""
     if steps < 1 or batch_size < 2 or heldout_stills < 2:
-        raise ValueError("need steps >= 1, batch_size >= 2 and heldout_stills >= 2")
+        raise UsageError("need steps >= 1, batch_size >= 2 and heldout_stills >= 2")
     if batch_size > train_stills:
-        raise ValueError(f"batch_size {batch_size} exceeds train_stills {train_stills}")
+        raise UsageError(f"batch_size {batch_size} exceeds train_stills {train_stills}")
     started = time.perf_counter()
     world = Path(world)
     preset_data = read_world_info(world)["preset"]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from prvr.errors import UsageError
 from synth.presets import COLOURS, SIZES, Preset
 
 SCENES_FILE = "scenes.jsonl"
@@ -414,7 +415,7 @@ def plan_world(
     """All scenes of a world, planned in order in one process (cheap; rendering is the slow
     part). Each video draws from its own random stream (seed, index)."""
     if videos < 1:
-        raise ValueError(f"need at least one video, got {videos}")
+        raise UsageError(f"need at least one video, got {videos}")
     splits = assign_splits(videos, preset.split_fractions, np.random.default_rng([seed, 0]))
     used: dict[str, set[tuple[str, str, str]]] = {}
     scenes = []
