@@ -123,9 +123,8 @@ def measure_end_to_end(cfg: RunConfig) -> tuple[float, int]:
 def measure_train_step(device: str, batch_videos: int, frames: int, dim: int, steps: int) -> float:
     """Milliseconds per student step: stages.train's own batch loss and optimizer step (median over `steps`)."""
     from configs.schema import TrainConfig
-    from models.losses import LossWeights
     from models.student import DLDKDStudent, StudentConfig
-    from stages.train import batch_loss, optimizer_step
+    from stages.train import batch_loss, loss_weights, optimizer_step
 
     gen = torch.Generator().manual_seed(0)
     queries_per_video, tokens = 2, 32
@@ -147,8 +146,7 @@ def measure_train_step(device: str, batch_videos: int, frames: int, dim: int, st
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr)
     use_amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
-                          distill_temperature=t.distill_temperature)
+    weights = loss_weights(t)
     negatives = torch.Generator().manual_seed(1)
     model.train()
 

@@ -127,11 +127,11 @@ def stage_teacher(workdir: Path, fraction: float, steps: int) -> dict:
 def stage_train(workdir: Path, fraction: float, steps: int) -> dict:
     import torch
 
-    from models.losses import LossWeights
     from models.student import DLDKDStudent
     from stages.data import load_split
     from stages.prefetch import prefetched
-    from stages.train import batch_loss, distilled_teachers, make_optimizer, optimizer_step, student_config
+    from stages.train import (batch_loss, distilled_teachers, loss_weights, make_optimizer, optimizer_step,
+                              student_config)
 
     cfg = config(workdir)
     t = cfg.train
@@ -142,7 +142,7 @@ def stage_train(workdir: Path, fraction: float, steps: int) -> dict:
     torch.manual_seed(t.seed)
     model = DLDKDStudent(student_config(cfg, data)).train()
     optimizer, _ = make_optimizer(model, t, steps)
-    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool)
+    weights = loss_weights(t)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     shuffle = torch.Generator().manual_seed(1)  # each step's videos drawn anew: small fractions have few batches
     batches = [torch.randperm(len(data.video_ids), generator=shuffle)[:t.batch_videos].numpy() for _ in range(steps)]

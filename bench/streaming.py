@@ -40,11 +40,11 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from models.losses import LossWeights
     from models.student import DLDKDStudent
     from stages.data import load_split
     from stages.prefetch import prefetched
-    from stages.train import batch_loss, distilled_teachers, make_optimizer, optimizer_step, student_config
+    from stages.train import (batch_loss, distilled_teachers, loss_weights, make_optimizer, optimizer_step,
+                              student_config)
     from storage.features import FeatureStore
 
     cfg = load_config(args.config, args.overrides)
@@ -58,8 +58,7 @@ def main() -> None:
         loading[mode] = {"seconds": round(time.perf_counter() - started, 2), "rss_growth_mb": round(rss_mb() - before)}
     torch.manual_seed(t.seed)
     initial = DLDKDStudent(student_config(cfg, splits["memory"]))
-    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
-                          distill_temperature=t.distill_temperature)
+    weights = loss_weights(t)
     order = torch.randperm(len(splits["memory"].video_ids), generator=torch.Generator().manual_seed(1)).numpy()
     batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, len(order), t.batch_videos)) if len(b) >= 2]
     scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -37,10 +37,10 @@ def main() -> None:
     parser.add_argument("--max-batches", type=int, default=None, help="only the first N batches of the epoch")
     args = parser.parse_args()
 
-    from models.losses import LossWeights
     from models.student import DLDKDStudent, InputProjection
     from stages.data import load_split
-    from stages.train import batch_loss, distilled_teachers, make_optimizer, optimizer_step, student_config
+    from stages.train import (batch_loss, distilled_teachers, loss_weights, make_optimizer, optimizer_step,
+                              student_config)
     from storage.features import FeatureStore
 
     cfg = load_config(args.config, args.overrides)
@@ -49,8 +49,7 @@ def main() -> None:
     data = load_split(cfg, "train", teachers, FeatureStore(cfg.store))
     torch.manual_seed(t.seed)
     initial = DLDKDStudent(student_config(cfg, data))
-    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
-                          distill_temperature=t.distill_temperature)
+    weights = loss_weights(t)
     order = torch.randperm(len(data.video_ids), generator=torch.Generator().manual_seed(1)).numpy()
     if args.max_batches:
         order = order[: args.max_batches * t.batch_videos]

@@ -234,10 +234,11 @@ def multi_teacher_kl(
 
 @dataclass
 class LossWeights:
+    """The task losses' settings (the distillation's temperature and weight are passed where used)."""
+
     infonce: float = 0.04
     triplet_margin: float = 0.2
     hard_pool: int = 20
-    distill_temperature: float = 0.2
 
 
 def branch_loss(

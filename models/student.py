@@ -273,6 +273,15 @@ class DLDKDStudent(nn.Module):
         per_branch = {name: frame_dot(query_enc[name], video_enc[name]) for name in self._needed(branch)}
         return self._fuse(per_branch, branch)
 
+    def paired_frame_scores(
+        self, query_enc: dict[str, Tensor], frames_enc: dict[str, Tensor], branch: str = "fused"
+    ) -> Tensor:
+        """Normalised encodings of n queries and of one video each, (n, H) and (n, T, H) per branch
+        -> (n, T) cosine frame scores of each query on its own video (fused as the branches' scores are)."""
+        per_branch = {name: torch.einsum("nh,nth->nt", query_enc[name], frames_enc[name])
+                      for name in self._needed(branch)}
+        return self._fuse(per_branch, branch)
+
     def score_encoded(
         self, query_enc: dict[str, Tensor], video_enc: dict[str, Tensor], video_mask: Tensor, branch: str = "fused"
     ) -> Tensor:

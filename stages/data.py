@@ -15,6 +15,7 @@ from storage.features import FeatureStore, StoreError, resampled_rows, teacher_a
 from storage.split_rows import StoredFrames, StoredTokens
 
 log = logging.getLogger("prvr.data")
+VIDEO_CHUNK = 256  # videos read and encoded at once for a gallery (evaluation, the search index)
 
 
 class TensorRows:

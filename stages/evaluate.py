@@ -14,14 +14,13 @@ import numpy as np
 import torch
 
 from configs.schema import RunConfig
-from stages.data import SplitData, load_split
+from stages.data import VIDEO_CHUNK, SplitData, load_split
 from stages.prefetch import prefetched
 from stages.sources import stored_teachers
 from storage.features import FeatureStore
 from storage.runs import RunPaths, read_history
 
 log = logging.getLogger("prvr.evaluate")
-VIDEO_CHUNK = 256  # videos encoded per forward when building the gallery
 # progress(fraction done in [0, 1], what is being done)
 Progress = Callable[[float, str], None]
 
@@ -65,18 +64,6 @@ def evaluate_student(model, data: SplitData, branch: str, device: torch.device |
                             ties="pessimistic", misses=len(data.queries_without_video))
 
 
-def own_video_frame_scores(model, queries: dict[str, torch.Tensor], frames: dict[str, torch.Tensor],
-                           branch: str) -> torch.Tensor:
-    """(n, T) cosine of each query with the frames of one video each (normalised encodings)."""
-    def cosine(b: str) -> torch.Tensor:
-        return torch.einsum("nh,nth->nt", queries[b], frames[b])
-
-    if branch != "fused":
-        return cosine(branch)
-    w = model.cfg.fusion
-    return w * cosine("inheritance") + (1 - w) * cosine("exploration")
-
-
 @torch.inference_mode()
 def moments_of_top_videos(model, data: SplitData, branch: str, ranks: np.ndarray, encoded,
                           device: torch.device | str = "cpu") -> list[dict[str, Any]]:
@@ -92,7 +79,7 @@ def moments_of_top_videos(model, data: SplitData, branch: str, ranks: np.ndarray
         rows = with_gt[start:start + 1024]
         vids = data.query_video[rows]
         q = {k: v[rows] for k, v in queries.items()}
-        frame_scores = own_video_frame_scores(model, q, {k: v[vids] for k, v in gallery.items()}, branch)
+        frame_scores = model.paired_frame_scores(q, {k: v[vids] for k, v in gallery.items()}, branch)
         for j, r in enumerate(rows):
             v = int(data.query_video[r])
             n = int(mask[v].sum())

@@ -20,7 +20,7 @@ import torch
 
 from configs.schema import RunConfig
 from prvr.errors import UsageError
-from stages.evaluate import VIDEO_CHUNK
+from stages.data import VIDEO_CHUNK
 from stages.manifest import SPLITS
 from storage.features import FeatureStore, StoreError
 from storage.fingerprint import fingerprint

@@ -93,6 +93,13 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
     return loss, sums
 
 
+def loss_weights(t: TrainConfig):
+    """The task losses' settings of a train config (the one place that maps the config's names)."""
+    from models.losses import LossWeights
+
+    return LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool)
+
+
 def half_batch(data: SplitData) -> Callable[[Any], dict[str, torch.Tensor]]:
     """data.batch(rows) with the features left in float16."""
     return lambda rows: data.batch(rows, float32=False)
@@ -162,7 +169,6 @@ def _restore_rng(state: dict[str, torch.Tensor], gens: dict[str, torch.Generator
 def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
     """Train (or resume) the student of run `cfg.name`; returns the summary of the best epoch."""
     from models.clip import resolve_device
-    from models.losses import LossWeights
     from models.schedules import distillation_weight, soft_label_weights
     from models.student import DLDKDStudent
     from stages.evaluate import evaluate_student
@@ -195,8 +201,7 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    weights = LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool,
-                          distill_temperature=t.distill_temperature)
+    weights = loss_weights(t)
 
     start_epoch, step, history = 0, 0, []
     # -inf, not -1: without a validation split the metric is minus the training loss, which may be below -1.

@@ -319,8 +319,8 @@ def test_branch_loss_combines_triplet_and_weighted_infonce() -> None:
     dots = SCORES * 7.0
     out = BranchOutput(frame_cos=SCORES.unsqueeze(-1), video_cos=SCORES, video_dot=dots)
     weights = LossWeights()
-    defaults = (weights.infonce, weights.triplet_margin, weights.hard_pool, weights.distill_temperature)
-    assert defaults == (0.04, 0.2, 20, 0.2)
+    defaults = (weights.infonce, weights.triplet_margin, weights.hard_pool)
+    assert defaults == (0.04, 0.2, 20)
     losses = branch_loss(out, QUERY_VIDEO, weights, seeded(0))
     assert set(losses) == {"triplet", "infonce", "total"}
     assert losses["triplet"].item() == pytest.approx(0.5 / 3 + 0.1 / 2)

@@ -315,3 +315,17 @@ def test_packed_input_projection_equals_the_padded_one_in_training() -> None:
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
     assert torch.equal(after[0], after[1])
     assert (outputs[1] == 0).any()  # dropout (then ReLU) did act
+
+
+def test_paired_frame_scores_are_each_querys_row_on_its_own_video() -> None:
+    """The fusion rule lives in the model: own-video frame scores (moments) fuse as every score does."""
+    student = make_student()
+    video, video_mask, tokens, token_mask = make_batch()
+    own = torch.tensor([0, 2, 1, 2])  # the video of each of the 4 queries
+    with torch.inference_mode():
+        queries = student.encode_queries(tokens, token_mask)
+        frames = student.encode_gallery(video, video_mask)
+        for name in ("fused", "inheritance", "exploration"):
+            everything = student.frame_scores_encoded(queries, frames, name)  # (Q, B, T)
+            paired = student.paired_frame_scores(queries, {k: v[own] for k, v in frames.items()}, name)
+            torch.testing.assert_close(paired, everything[torch.arange(4), own], **TOL)
