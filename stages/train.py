@@ -11,7 +11,7 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from configs.schema import RunConfig, TrainConfig
 from stages.data import SplitData, as_float32, load_split
 from stages.prefetch import prefetched
+from stages.train_state import BestEpoch, TrainState
 from storage.checkpoints import (
     CheckpointError, best_checkpoint, epoch_checkpoint, newest_loadable, prune_epoch_checkpoints, save_checkpoint,
 )
@@ -151,27 +152,35 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig,
     return torch.optim.AdamW(groups, lr=t.lr), _lr_lambda(total_steps, int(t.warmup * total_steps))
 
 
-def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, torch.Tensor]:
-    state = {"torch": torch.get_rng_state(), **{k: g.get_state() for k, g in gens.items()}}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-    return state
+@dataclass
+class TrainingRun:
+    """What stays fixed over one training: its config, device, data, teachers, run folder, and the
+    identity every checkpoint carries (what evaluation checks the model against)."""
+
+    cfg: RunConfig
+    device: torch.device
+    paths: RunPaths
+    store: FeatureStore
+    teachers: list[str]
+    soft_teachers: list[str]  # DL-DKD++: the teachers whose in-batch scores are the soft InfoNCE targets
+    train_data: SplitData
+    val_data: SplitData | None
+    identity: dict[str, Any]  # format, student_config, config_fingerprint, store_commits, teachers, ...
+    steps_per_epoch: int
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity["config_fingerprint"]
+
+    @property
+    def use_amp(self) -> bool:
+        return self.cfg.train.amp and self.device.type == "cuda"
 
 
-def _restore_rng(state: dict[str, torch.Tensor], gens: dict[str, torch.Generator]) -> None:
-    torch.set_rng_state(state["torch"])
-    for k, g in gens.items():
-        g.set_state(state[k])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
-def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
-    """Train (or resume) the student of run `cfg.name`; returns the summary of the best epoch."""
+def setup(cfg: RunConfig) -> tuple[TrainingRun, TrainState]:
+    """The run's data, model, optimizer and identity; a fresh state at epoch 0."""
     from models.clip import resolve_device
-    from models.schedules import distillation_weight, soft_label_weights
     from models.student import DLDKDStudent
-    from stages.evaluate import evaluate_student
 
     t = cfg.train
     device = torch.device(resolve_device(t.device))
@@ -180,116 +189,133 @@ def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epoc
     store = FeatureStore(cfg.store)
     teachers = distilled_teachers(cfg)
     require_teachers(cfg, store, teachers)
-    # DL-DKD++: the inheritance branch's soft InfoNCE targets come from the teachers' in-batch scores.
     soft_teachers = teachers if t.soft_infonce else []
     train_data = load_split(cfg, "train", teachers, store, teacher_views=soft_teachers)
     val_data = load_split(cfg, "val", (), store) if store.has_text_split("val") else None
-    data_fp = data_fingerprint(store, teachers)
     model_cfg = student_config(cfg, train_data)
-    # The student's shapes too: a checkpoint of other shapes is refused with a reason, not a load error.
-    config_fp = config_fingerprint(t, data_fp, asdict(model_cfg))
-    # What the fingerprint is made of, kept in every checkpoint: evaluation names what changed since.
-    trained_on = {"store_commits": store.commit_fingerprints(), "teachers": teachers, "train_config": t.model_dump(),
-                  "branch": eval_branch(t)}
+    identity = {
+        "format": CHECKPOINT_FORMAT, "student_config": asdict(model_cfg),
+        # The student's shapes too: a checkpoint of other shapes is refused with a reason, not a load error.
+        "config_fingerprint": config_fingerprint(t, data_fingerprint(store, teachers), asdict(model_cfg)),
+        # What the fingerprint is made of: evaluation names what changed since.
+        "store_commits": store.commit_fingerprints(), "teachers": teachers, "train_config": t.model_dump(),
+        "branch": eval_branch(t)}
+    steps_per_epoch = math.ceil(len(train_data.video_ids) / t.batch_videos)
+    run = TrainingRun(cfg, device, paths, store, teachers, soft_teachers, train_data, val_data, identity,
+                      steps_per_epoch)
 
     torch.manual_seed(t.seed)
-    gens = {"shuffle": torch.Generator().manual_seed(t.seed + 1), "negatives": torch.Generator().manual_seed(t.seed + 2)}
+    generators = {"shuffle": torch.Generator().manual_seed(t.seed + 1),
+                  "negatives": torch.Generator().manual_seed(t.seed + 2)}
     model = DLDKDStudent(model_cfg).to(device)
-    steps_per_epoch = math.ceil(len(train_data.video_ids) / t.batch_videos)
-    total_steps = steps_per_epoch * t.epochs
-    optimizer, lr_factor = make_optimizer(model, t, total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    use_amp = t.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    optimizer, lr_factor = make_optimizer(model, t, steps_per_epoch * t.epochs)
+    state = TrainState(model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor),
+                       torch.amp.GradScaler("cuda", enabled=run.use_amp), generators)
+    return run, state
+
+
+def resume(run: TrainingRun, state: TrainState) -> None:
+    """Continue from the newest checkpoint that loads, if any; refuse one of another config."""
+    found = newest_loadable(run.paths)
+    if found is None:
+        return
+    path, saved = found
+    if saved.get("config_fingerprint") != run.fingerprint:
+        from stages.trained import stale_reasons
+
+        t = run.cfg.train
+        changed = changed_train_keys(saved.get("train_config", {}), t.model_dump())
+        raise CheckpointError(
+            f"{path} was written by an incompatible config "
+            f"(changed: {changed or '; '.join(stale_reasons(run.cfg, run.store, saved))}); "
+            f"use another run name, or --set train.resume=false to start over")
+    state.load_state_dict(saved)
+    log.info("resuming %s from %s (epoch %d done)", run.cfg.name, path.name, state.epoch)
+
+
+def run_epoch(run: TrainingRun, state: TrainState) -> dict[str, Any]:
+    """One pass over the training split, in the shuffle stream's order; the epoch's record (losses
+    per step, weights, learning rate), validation not yet in it."""
+    from models.schedules import distillation_weight, soft_label_weights
+
+    t, epoch = run.cfg.train, state.epoch
+    state.model.train()
+    w = distillation_weight(t.schedule, epoch, total_epochs=t.epochs, base=t.schedule_base, increasing=t.increasing)
+    alpha, beta = soft_label_weights(t.soft_schedule, epoch, t.epochs, t.soft_alpha, t.soft_beta)
+    n_videos = len(run.train_data.video_ids)
+    order = torch.randperm(n_videos, generator=state.generators["shuffle"]).numpy()
     weights = loss_weights(t)
+    sums: dict[str, torch.Tensor | float] = {"loss": 0.0, "triplet": 0.0, "infonce": 0.0, "distill": 0.0}
+    # A lone video has no negatives.
+    batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, n_videos, t.batch_videos)) if len(b) >= 2]
+    # float16 in the queue and on the way to the device; float32 where the model reads it.
+    for batch in map(as_float32, prefetched(half_batch(run.train_data), batches, t.prefetch, run.device)):
+        autocast = torch.autocast("cuda", dtype=torch.float16) if run.use_amp else contextlib.nullcontext()
+        with autocast:
+            loss, parts = batch_loss(state.model, batch, t, run.teachers, run.soft_teachers, weights, w, (alpha, beta),
+                                     state.generators["negatives"])
+        for k, v in parts.items():
+            sums[k] = sums[k] + v
+        optimizer_step(loss, state.optimizer, state.scaler)
+        state.scheduler.step()
+        state.step += 1
+        sums["loss"] = sums["loss"] + loss.detach().double()  # read once per epoch: no sync per step
+    return {"epoch": epoch, "step": state.step, "distill_weight": w if run.teachers else 0.0,
+            **({"soft_alpha": alpha, "soft_beta": beta} if t.soft_infonce else {}),
+            "lr": state.optimizer.param_groups[0]["lr"],
+            **{("loss" if k == "loss" else f"loss_{k}"): float(v) / run.steps_per_epoch for k, v in sums.items()}}
 
-    start_epoch, step, history = 0, 0, []
-    # -inf, not -1: without a validation split the metric is minus the training loss, which may be below -1.
-    best = {"metric": float("-inf"), "epoch": -1}
-    stale_epochs = 0
+
+def select_and_save(run: TrainingRun, state: TrainState, record: dict[str, Any], started: float) -> bool:
+    """Validate, keep the best epoch (best.pt), write the epoch's checkpoint and the history;
+    whether this epoch is the new best. `started`: perf_counter() when the epoch began."""
+    from stages.evaluate import evaluate_student
+
+    t, epoch = run.cfg.train, record["epoch"]
+    if run.val_data is not None:
+        val_metrics, _ = evaluate_student(state.model, run.val_data, eval_branch(t), device=run.device)
+        record["val_SumR"] = val_metrics["SumR"]
+    else:  # no validation split: select on the training loss instead
+        record["val_SumR"] = -record["loss"]
+    improved = record["val_SumR"] > state.best.metric
+    if improved:
+        state.best, state.stale_epochs = BestEpoch(record["val_SumR"], epoch), 0
+    else:
+        state.stale_epochs += 1
+    record["seconds"] = time.perf_counter() - started
+    state.history.append(record)
+    state.epoch = epoch + 1
+    if improved:
+        save_checkpoint(best_checkpoint(run.paths), {**run.identity, "model": state.model.state_dict(), "epoch": epoch,
+                                                     "metric": state.best.metric})
+    save_checkpoint(epoch_checkpoint(run.paths, state.epoch), {**state.state_dict(), **run.identity})
+    # The best epoch's checkpoint stays: best.pt can always be rebuilt from it.
+    prune_epoch_checkpoints(run.paths, protect=state.best.epoch + 1, fingerprint=run.fingerprint)
+    write_history(run.paths, state.history)
+    return improved
+
+
+def train(cfg: RunConfig, on_epoch: EpochCallback | None = None, stop_after_epochs: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the student of run `cfg.name`; returns the summary of the best epoch."""
+    t = cfg.train
+    run, state = setup(cfg)
     if t.resume:
-        found = newest_loadable(paths)
-        if found is not None:
-            path, state = found
-            if state.get("config_fingerprint") != config_fp:
-                from stages.trained import stale_reasons
-
-                changed = changed_train_keys(state.get("train_config", {}), t.model_dump())
-                raise CheckpointError(
-                    f"{path} was written by an incompatible config "
-                    f"(changed: {changed or '; '.join(stale_reasons(cfg, store, state))}); "
-                    f"use another run name, or --set train.resume=false to start over")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            _restore_rng(state["rng"], gens)
-            start_epoch, step, history = state["epoch"], state["step"], list(state["history"])
-            best, stale_epochs = dict(state["best"]), state["stale_epochs"]
-            log.info("resuming %s from %s (epoch %d done)", cfg.name, path.name, start_epoch)
-    done_early = stopped_early(stale_epochs, t)
-    n_videos = len(train_data.video_ids)
+        resume(run, state)
     epochs_run = 0
-    for epoch in range(start_epoch, t.epochs):
-        if done_early or (stop_after_epochs is not None and epochs_run >= stop_after_epochs):
+    while state.epoch < t.epochs and not stopped_early(state.stale_epochs, t):
+        if stop_after_epochs is not None and epochs_run >= stop_after_epochs:
             break
         started = time.perf_counter()
-        model.train()
-        w = distillation_weight(t.schedule, epoch, total_epochs=t.epochs, base=t.schedule_base, increasing=t.increasing)
-        alpha, beta = soft_label_weights(t.soft_schedule, epoch, t.epochs, t.soft_alpha, t.soft_beta)
-        order = torch.randperm(n_videos, generator=gens["shuffle"]).numpy()
-        sums = {"loss": 0.0, "triplet": 0.0, "infonce": 0.0, "distill": 0.0}
-        # A lone video has no negatives.
-        batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, n_videos, t.batch_videos)) if len(b) >= 2]
-        # float16 in the queue and on the way to the device; float32 where the model reads it.
-        for batch in map(as_float32, prefetched(half_batch(train_data), batches, t.prefetch, device)):
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with autocast:
-                loss, parts = batch_loss(model, batch, t, teachers, soft_teachers, weights, w, (alpha, beta),
-                                         gens["negatives"])
-            for k, v in parts.items():
-                sums[k] = sums[k] + v
-            optimizer_step(loss, optimizer, scaler)
-            scheduler.step()
-            step += 1
-            sums["loss"] = sums["loss"] + loss.detach().double()  # read once per epoch: no sync per step
-        record: dict[str, Any] = {"epoch": epoch, "step": step, "distill_weight": w if teachers else 0.0,
-                                  **({"soft_alpha": alpha, "soft_beta": beta} if t.soft_infonce else {}),
-                                  "lr": optimizer.param_groups[0]["lr"],
-                                  **{("loss" if k == "loss" else f"loss_{k}"): float(v) / steps_per_epoch
-                                     for k, v in sums.items()}}
-        if val_data is not None:
-            val_metrics, _ = evaluate_student(model, val_data, eval_branch(t), device=device)
-            record["val_SumR"] = val_metrics["SumR"]
-        else:  # no validation split: select on the training loss instead
-            record["val_SumR"] = -record["loss"]
-        improved = record["val_SumR"] > best["metric"]
-        if improved:
-            best = {"metric": record["val_SumR"], "epoch": epoch}
-            stale_epochs = 0
-        else:
-            stale_epochs += 1
-        done_early = stopped_early(stale_epochs, t)
-        record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        if improved:
-            save_checkpoint(best_checkpoint(paths), {
-                "format": CHECKPOINT_FORMAT, "model": model.state_dict(), "epoch": epoch, "metric": best["metric"],
-                "student_config": asdict(model_cfg), "config_fingerprint": config_fp, **trained_on})
-        save_checkpoint(epoch_checkpoint(paths, epoch + 1), {
-            "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "step": step, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-            "rng": _rng_state(gens), "best": best, "stale_epochs": stale_epochs, "history": history,
-            "config_fingerprint": config_fp, **trained_on, "student_config": asdict(model_cfg)})
-        # The best epoch's checkpoint stays: best.pt can always be rebuilt from it.
-        prune_epoch_checkpoints(paths, protect=best["epoch"] + 1, fingerprint=config_fp)
-        write_history(paths, history)
+        record = run_epoch(run, state)
+        improved = select_and_save(run, state, record, started)  # completes the record: val_SumR, seconds
         epochs_run += 1
-        log.info("epoch %d: loss %.4f, distill weight %.4f, val SumR %.2f%s", epoch, record["loss"],
+        log.info("epoch %d: loss %.4f, distill weight %.4f, val SumR %.2f%s", record["epoch"], record["loss"],
                  record["distill_weight"], record["val_SumR"], " (best)" if improved else "")
         if on_epoch:
-            on_epoch({**record, "epochs": t.epochs, "best_epoch": best["epoch"], "early_stopped": done_early})
-    if best["epoch"] < 0:
+            on_epoch({**record, "epochs": t.epochs, "best_epoch": state.best.epoch,
+                      "early_stopped": stopped_early(state.stale_epochs, t)})
+    if state.best.epoch < 0:
         raise CheckpointError(f"run {cfg.name}: no epoch was trained")
-    return {"run": cfg.name, "best_epoch": best["epoch"], "best_val_SumR": best["metric"], "epochs_done": len(history),
-            "early_stopped": done_early, "history": history, "checkpoint": str(best_checkpoint(paths))}
+    return {"run": cfg.name, "best_epoch": state.best.epoch, "best_val_SumR": state.best.metric,
+            "epochs_done": len(state.history), "early_stopped": stopped_early(state.stale_epochs, t),
+            "history": state.history, "checkpoint": str(best_checkpoint(run.paths))}
