@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--repeats", type=int, default=2, help="epoch passes per variant, interleaved")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--max-batches", type=int, default=None, help="only the first N batches of the epoch")
     args = parser.parse_args()
 
     from models.student import DLDKDStudent
@@ -61,6 +62,7 @@ def main() -> None:
     weights = loss_weights(t)
     order = torch.randperm(len(splits["memory"].video_ids), generator=torch.Generator().manual_seed(1)).numpy()
     batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, len(order), t.batch_videos)) if len(b) >= 2]
+    batches = batches[: args.max_batches] if args.max_batches else batches
     scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def epoch(mode: str, depth: int) -> tuple[float, float]:

@@ -186,7 +186,7 @@ class TrainConfig(_Strict):
         "from the store as training goes (memory bounded by the prefetch queue); auto: stream a split larger than "
         "memory_limit_gb. The same batches, hence the same model, either way")
     memory_limit_gb: float = Field(default=2.0, gt=0, description="train.data auto: the largest split held in memory")
-    prefetch: int = Field(default=2, ge=0, description="batches prepared ahead in a background thread (0: none)")
+    prefetch: int = Field(default=2, ge=0, description="streamed batches read ahead in a background thread (0: none)")
     amp: bool = Field(default=True, description="mixed precision on CUDA")
     resume: bool = True
     seed: int = 0
