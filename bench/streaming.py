@@ -11,8 +11,6 @@ variant's summed loss is the same.
 
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import resource
 import statistics
@@ -25,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.epochs import epoch_arguments, epoch_batches, timed_epoch  # noqa: E402
 from configs.schema import load_config  # noqa: E402
 
 
@@ -34,18 +33,12 @@ def rss_mb() -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config")
-    parser.add_argument("--repeats", type=int, default=2, help="epoch passes per variant, interleaved")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--max-batches", type=int, default=None, help="only the first N batches of the epoch")
-    args = parser.parse_args()
+    args = epoch_arguments(__doc__).parse_args()
 
     from models.student import DLDKDStudent
     from stages.data import load_split
     from stages.prefetch import prefetched
-    from stages.train import (batch_loss, distilled_teachers, loss_weights, make_optimizer, optimizer_step,
-                              student_config)
+    from stages.train import distilled_teachers, student_config
     from storage.features import FeatureStore
 
     cfg = load_config(args.config, args.overrides)
@@ -59,23 +52,10 @@ def main() -> None:
         loading[mode] = {"seconds": round(time.perf_counter() - started, 2), "rss_growth_mb": round(rss_mb() - before)}
     torch.manual_seed(t.seed)
     initial = DLDKDStudent(student_config(cfg, splits["memory"]))
-    weights = loss_weights(t)
-    order = torch.randperm(len(splits["memory"].video_ids), generator=torch.Generator().manual_seed(1)).numpy()
-    batches = [b for b in (order[i:i + t.batch_videos] for i in range(0, len(order), t.batch_videos)) if len(b) >= 2]
-    batches = batches[: args.max_batches] if args.max_batches else batches
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batches = epoch_batches(len(splits["memory"].video_ids), t.batch_videos, args.max_batches)
 
     def epoch(mode: str, depth: int) -> tuple[float, float]:
-        model = copy.deepcopy(initial).train()
-        optimizer, _ = make_optimizer(model, t, 1000)
-        negatives = torch.Generator().manual_seed(2)
-        torch.manual_seed(3)
-        started, total = time.perf_counter(), 0.0
-        for batch in prefetched(splits[mode].batch, batches, depth):
-            loss, _ = batch_loss(model, batch, t, teachers, [], weights, 0.1, (t.soft_alpha, t.soft_beta), negatives)
-            optimizer_step(loss, optimizer, scaler)
-            total += float(loss.detach())
-        return time.perf_counter() - started, total
+        return timed_epoch(initial, prefetched(splits[mode].batch, batches, depth), t, teachers)
 
     variants = [("memory", 0), ("memory", t.prefetch), ("stream", 0), ("stream", t.prefetch)]
     seconds = {f"{m}/prefetch{d}": [] for m, d in variants}
@@ -87,7 +67,7 @@ def main() -> None:
             losses[f"{mode}/prefetch{depth}"] = loss
     base = statistics.median(seconds["memory/prefetch0"])
     print(json.dumps({
-        "config": cfg.name, "videos": len(order), "queries": len(splits["memory"].query_ids),
+        "config": cfg.name, "videos": len(splits["memory"].video_ids), "batches": len(batches), "queries": len(splits["memory"].query_ids),
         "batch_videos": t.batch_videos, "torch_threads": torch.get_num_threads(), "load": loading,
         "epoch_seconds": seconds,
         "speedup_vs_memory_prefetch0": {k: round(base / statistics.median(v), 2) for k, v in seconds.items()},
