@@ -124,6 +124,7 @@ def measure_train_step(device: str, batch_videos: int, frames: int, dim: int, st
     """Milliseconds per student step: stages.train's own batch loss and optimizer step (median over `steps`)."""
     from configs.schema import TrainConfig
     from models.student import DLDKDStudent, StudentConfig
+    from stages.data import Batch
     from stages.train import batch_loss, loss_weights, optimizer_step
 
     gen = torch.Generator().manual_seed(0)
@@ -133,13 +134,12 @@ def measure_train_step(device: str, batch_videos: int, frames: int, dim: int, st
     video_mask = torch.arange(frames)[None, :] < lengths[:, None]
     token_lengths = torch.randint(4, tokens + 1, (n_queries,), generator=gen)
     query_video = torch.arange(batch_videos).repeat_interleave(queries_per_video)
-    batch = {
-        "video": torch.randn(batch_videos, frames, dim, generator=gen), "video_mask": video_mask,
-        "tokens": torch.randn(n_queries, tokens, dim, generator=gen),
-        "token_mask": torch.arange(tokens)[None, :] < token_lengths[:, None],
-        "query_video": query_video, "teacher:t": torch.randn(n_queries, frames, generator=gen),
-    }
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = Batch(
+        video=torch.randn(batch_videos, frames, dim, generator=gen), video_mask=video_mask,
+        tokens=torch.randn(n_queries, tokens, dim, generator=gen),
+        token_mask=torch.arange(tokens)[None, :] < token_lengths[:, None], query_video=query_video,
+        teacher_scores={"t": torch.randn(n_queries, frames, generator=gen)},
+    ).map(lambda v: v.to(device))
     t = TrainConfig()  # the paper's settings: both branches, hidden 384, 4 heads
     model = DLDKDStudent(StudentConfig(video_dim=dim, text_dim=dim, hidden=t.hidden, heads=t.heads,
                                        max_frames=frames, max_tokens=tokens)).to(device)

@@ -58,6 +58,38 @@ Rows = TensorRows | StreamedRows
 
 
 @dataclass
+class Batch:
+    """Some videos with all their queries, as the training step reads them."""
+
+    video: torch.Tensor  # (B, T, Dv) student visual features
+    video_mask: torch.Tensor  # (B, T) bool
+    tokens: torch.Tensor  # (Q, L, Dt)
+    token_mask: torch.Tensor  # (Q, L) bool
+    query_video: torch.Tensor  # (Q,) long: each query's video in the batch
+    teacher_scores: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (Q, T) on each query's video
+    teacher_frames: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (B, T, D) normalised (DL-DKD++)
+    teacher_sentences: dict[str, torch.Tensor] = field(default_factory=dict)  # key -> (Q, D) normalised (DL-DKD++)
+
+    def named_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor by a name of its own (`teacher_scores/<key>` for the teachers'): for comparisons."""
+        named = {k: getattr(self, k) for k in ("video", "video_mask", "tokens", "token_mask", "query_video")}
+        for group in ("teacher_scores", "teacher_frames", "teacher_sentences"):
+            named.update({f"{group}/{key}": value for key, value in getattr(self, group).items()})
+        return named
+
+    def map(self, fn) -> Batch:
+        """The batch with `fn` applied to every tensor."""
+        return Batch(fn(self.video), fn(self.video_mask), fn(self.tokens), fn(self.token_mask), fn(self.query_video),
+                     *({k: fn(v) for k, v in getattr(self, g).items()}
+                       for g in ("teacher_scores", "teacher_frames", "teacher_sentences")))
+
+    def to_device(self, device: torch.device | str, pin: bool = False) -> Batch:
+        from stages.prefetch import to_device
+
+        return self.map(lambda t: to_device(t, device, pin))
+
+
+@dataclass
 class SplitData:
     """A split for training or evaluation: metadata in memory, frames and tokens in memory or
     streamed from the store (`streamed`), batches the same either way."""
@@ -122,7 +154,7 @@ class SplitData:
         return self.token_rows.take(rows).float(), self.token_mask[torch.as_tensor(rows, dtype=torch.long)]
 
     def batch(self, video_rows: np.ndarray, device: torch.device | str = "cpu",
-              pad_to_batch: bool = True, float32: bool = True) -> dict[str, torch.Tensor]:
+              pad_to_batch: bool = True, float32: bool = True) -> Batch:
         """Videos with all their queries; query_video indexes the batch's videos.
 
         Frames and tokens are cut to the batch's longest video and query (padding sits at the end and
@@ -140,23 +172,19 @@ class SplitData:
         if pad_to_batch:
             frames = max(1, int(video_mask.sum(1).max()))
             tokens = max(1, int(token_mask.sum(1).max())) if len(qrows) else 1
-        out = {
-            "video": self.frames.take(video_rows, frames), "video_mask": video_mask[:, :frames],
-            "tokens": self.token_rows.take(queries, tokens), "token_mask": token_mask[:, :tokens],
-            "query_video": query_video,
-        }
-        for key, scores in self.teacher_positive.items():
-            out[f"teacher:{key}"] = scores[qrows, :frames]
-        for key, (frames_of_teacher, sentences) in self.teacher_views.items():
-            out[f"teacher_frames:{key}"] = frames_of_teacher.take(video_rows, frames)
-            out[f"teacher_sentences:{key}"] = sentences[qrows]
-        out = {k: v.to(device) for k, v in out.items()}
+        out = Batch(
+            video=self.frames.take(video_rows, frames), video_mask=video_mask[:, :frames],
+            tokens=self.token_rows.take(queries, tokens), token_mask=token_mask[:, :tokens], query_video=query_video,
+            teacher_scores={key: scores[qrows, :frames] for key, scores in self.teacher_positive.items()},
+            teacher_frames={key: view.take(video_rows, frames) for key, (view, _) in self.teacher_views.items()},
+            teacher_sentences={key: sentences[qrows] for key, (_, sentences) in self.teacher_views.items()},
+        ).map(lambda t: t.to(device))
         return as_float32(out) if float32 else out
 
 
-def as_float32(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def as_float32(batch: Batch) -> Batch:
     """A batch's float16 features as float32 (masks and indices as they are)."""
-    return {k: v.float() if v.dtype == torch.float16 else v for k, v in batch.items()}
+    return batch.map(lambda v: v.float() if v.dtype == torch.float16 else v)
 
 
 @dataclass

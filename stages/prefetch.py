@@ -17,7 +17,9 @@ _DONE = object()
 
 
 def to_device(value: Any, device: torch.device | str, pin: bool = False) -> Any:
-    """A tensor, or a tuple / list / dict of them, on `device`."""
+    """A tensor, a tuple / list / dict of them, or an object with its own `to_device` (a batch), on `device`."""
+    if hasattr(value, "to_device"):
+        return value.to_device(device, pin)
     if isinstance(value, torch.Tensor):
         if pin and value.device.type == "cpu":
             value = value.pin_memory()

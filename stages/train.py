@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from configs.schema import RunConfig, TrainConfig
-from stages.data import SplitData, as_float32, load_split
+from stages.data import Batch, SplitData, as_float32, load_split
 from stages.prefetch import prefetched
 from stages.train_state import BestEpoch, TrainState
 from storage.checkpoints import (
@@ -48,18 +48,18 @@ def require_teachers(cfg: RunConfig, store: FeatureStore, teachers: list[str]) -
             f"(prvr import tvr|activitynet|charades ... then prvr run on the raw-video config).")
 
 
-def teacher_batch_scores(batch: dict[str, torch.Tensor], teachers: list[str], scale: float) -> torch.Tensor:
+def teacher_batch_scores(batch: Batch, teachers: list[str], scale: float) -> torch.Tensor:
     """(Q, B) teachers' query-video scores in the batch: max over valid frames of the cosine, times
     `scale`, averaged over teachers."""
-    mask = batch["video_mask"]  # (B, T)
+    mask = batch.video_mask  # (B, T)
     scores = []
     for key in teachers:
-        cos = torch.einsum("qd,btd->qbt", batch[f"teacher_sentences:{key}"], batch[f"teacher_frames:{key}"])
+        cos = torch.einsum("qd,btd->qbt", batch.teacher_sentences[key], batch.teacher_frames[key])
         scores.append(cos.masked_fill(~mask.unsqueeze(0), float("-inf")).amax(-1) * scale)
     return torch.stack(scores).mean(0)
 
 
-def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: list[str], soft_teachers: list[str],
+def batch_loss(model, batch: Batch, t: TrainConfig, teachers: list[str], soft_teachers: list[str],
                weights, distill_weight: float, soft_shares: tuple[float, float],
                negatives: torch.Generator | None) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
     """One batch's DL-DKD loss (call inside autocast): each active branch's triplet + InfoNCE (soft
@@ -70,9 +70,9 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
     from models.losses import branch_loss, gather_positive, multi_teacher_kl
 
     branches = active_branches(t)
-    outputs = {name: model.branch(name)(batch["video"], batch["video_mask"], batch["tokens"], batch["token_mask"])
+    outputs = {name: model.branch(name)(batch.video, batch.video_mask, batch.tokens, batch.token_mask)
                for name in branches}
-    loss = torch.zeros((), device=batch["video"].device)
+    loss = torch.zeros((), device=batch.video.device)
     sums: dict[str, torch.Tensor | float] = {"triplet": 0.0, "infonce": 0.0, "distill": 0.0}
     for name in branches:
         soft = None
@@ -80,14 +80,14 @@ def batch_loss(model, batch: dict[str, torch.Tensor], t: TrainConfig, teachers: 
             scores = (teacher_batch_scores(batch, soft_teachers, t.soft_teacher_scale)
                       if name == "inheritance" else outputs[name].video_dot)
             soft = (scores, *soft_shares)
-        parts = branch_loss(outputs[name], batch["query_video"], weights, negatives, soft)
+        parts = branch_loss(outputs[name], batch.query_video, weights, negatives, soft)
         loss = loss + parts["total"]
         sums["triplet"] = sums["triplet"] + parts["triplet"].detach().double()
         sums["infonce"] = sums["infonce"] + parts["infonce"].detach().double()
     if teachers:
-        student_pos = gather_positive(outputs["inheritance"].frame_cos, batch["query_video"])
-        mask = batch["video_mask"][batch["query_video"]]
-        kl = multi_teacher_kl(student_pos.float(), [batch[f"teacher:{k}"] for k in teachers], mask,
+        student_pos = gather_positive(outputs["inheritance"].frame_cos, batch.query_video)
+        mask = batch.video_mask[batch.query_video]
+        kl = multi_teacher_kl(student_pos.float(), [batch.teacher_scores[k] for k in teachers], mask,
                               t.distill_temperature)
         loss = loss + distill_weight * kl
         sums["distill"] = sums["distill"] + kl.detach().double()
@@ -101,7 +101,7 @@ def loss_weights(t: TrainConfig):
     return LossWeights(infonce=t.infonce_weight, triplet_margin=t.margin, hard_pool=t.hard_pool)
 
 
-def half_batch(data: SplitData) -> Callable[[Any], dict[str, torch.Tensor]]:
+def half_batch(data: SplitData) -> Callable[[Any], Batch]:
     """data.batch(rows) with the features left in float16."""
     return lambda rows: data.batch(rows, float32=False)
 

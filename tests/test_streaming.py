@@ -53,7 +53,7 @@ def test_a_streamed_split_holds_what_the_in_memory_split_holds(store_root, max_f
     rng = np.random.default_rng(0)
     for _ in range(3):  # rows out of order, across shards
         rows = rng.permutation(len(memory.video_ids))[:5]
-        a, b = memory.batch(rows), streamed.batch(rows)
+        a, b = memory.batch(rows).named_tensors(), streamed.batch(rows).named_tensors()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 

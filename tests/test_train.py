@@ -195,7 +195,7 @@ def test_dl_dkd_plus_plus_soft_infonce_trains_reproducibly(store_root):
     assert frames.shape[:2] == data.video.shape[:2] and sentences.shape[0] == len(data.query_ids)
     batch = data.batch(np.arange(4))
     scores = tr.teacher_batch_scores(batch, [TEACHER_KEY], 100.0)
-    assert scores.shape == (len(batch["query_video"]), 4) and torch.isfinite(scores).all()
+    assert scores.shape == (len(batch.query_video), 4) and torch.isfinite(scores).all()
     assert scores.abs().max() <= 100.5  # scaled cosines
 
 
@@ -227,7 +227,7 @@ def test_batches_cut_to_their_longest_video_and_query_give_the_same_loss(store_r
     lengths = data.video_mask.sum(1).numpy()
     rows = np.argsort(lengths)[:4]  # the shortest videos: the cut is real
     short, full = data.batch(rows), data.batch(rows, pad_to_batch=False)
-    assert short["video"].shape[1] < full["video"].shape[1]
+    assert short.video.shape[1] < full.video.shape[1]
     losses = [tr.batch_loss(model, b, cfg.train, [TEACHER_KEY], [TEACHER_KEY], weights, 0.1, (0.8, 0.8),
                             torch.Generator().manual_seed(7))[0] for b in (short, full)]
     assert torch.allclose(losses[0], losses[1], rtol=1e-5, atol=1e-6)
