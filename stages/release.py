@@ -25,6 +25,7 @@ import numpy as np
 
 from configs.schema import RunConfig
 from prvr.errors import UserError
+from stages.manifest import SPLITS
 from stages.release_formats import (
     BigFile, Caption, Hdf5Rows, ReleaseFormatError, _listed, l2_normalise, mean_resample, read_captions,
     read_video2frames,
@@ -37,7 +38,6 @@ log = logging.getLogger("prvr.release")
 Progress = Callable[[int, int], None]
 
 IMPORT_VERSION = 1
-SPLITS = ("train", "val", "test")
 # The feature folders the MS-SL release ships per collection (its run scripts name them).
 DEFAULT_FEATURES = {"tvr": "i3d_resnet", "activitynet": "i3d", "charades": "i3d_rgb_lgi"}
 # DL-DKD's teacher files come from OpenAI's CLIP ViT-B/32: the key the default teacher has when
@@ -353,9 +353,9 @@ def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, pro
 def record_source(plan: ReleasePlan, store: FeatureStore) -> None:
     """The store remembers where it came from, and which split names repeat others."""
     s = plan.settings
-    store.root.attrs.update({"source": {
+    store.record_source({
         "kind": "release", "format": "ms-sl", "collection": s.collection, "feature": s.feature, "root": str(s.root),
-        "text": s.text, "teacher": s.teacher if plan.has_teacher else None}})
+        "text": s.text, "teacher": s.teacher if plan.has_teacher else None})
     for alias in set(SPLITS) - set(plan.captions):
         store.set_split_alias(alias, plan.aliases.get(alias))
 

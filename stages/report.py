@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
-from storage.runs import write_atomic
+from storage.runs import RunPaths, write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -312,15 +312,11 @@ def write_run_report(
     the file stems). All four plots are always written (a "no data" panel when the
     history lacks the series), so a rerun replaces every file of an earlier run.
     """
-    run_dir = Path(run_dir)
-    plots_dir = run_dir / "plots"
+    run = RunPaths(Path(run_dir))  # the run folder's file names are RunPaths'
+    plots_dir = run.plots
     plots_dir.mkdir(parents=True, exist_ok=True)
     history = list(history)
-    paths: dict[str, Path] = {
-        "metrics": run_dir / "metrics.json",
-        "history": run_dir / "history.json",
-        "report": run_dir / "report.md",
-    }
+    paths: dict[str, Path] = {"metrics": run.metrics, "history": run.history, "report": run.report}
     write_atomic(paths["metrics"], _json_text(metrics).encode())
     write_atomic(paths["history"], _json_text(history).encode())
 

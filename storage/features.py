@@ -592,6 +592,10 @@ class FeatureStore:
             raise StoreError(f"no committed shards in {self.location}")
         return da.concatenate(parts, axis=0), np.asarray(offsets, dtype=np.int64), video_ids, splits
 
+    def record_source(self, source: dict[str, Any]) -> None:
+        """Where the store's data came from (kind, format, collection, ...), kept in the root's attributes."""
+        self.root.attrs.update({"source": source})
+
     # ---- split aliases --------------------------------------------------------
     # Some releases evaluate on the same queries they validate on (MS-SL's TVR and Charades
     # caption files repeat `val` as `test`): the split is stored once and the other name points to it.
