@@ -24,11 +24,12 @@ class ExtractionIncomplete(UserError, RuntimeError):
 @task(name="extract-shard", task_run_name="extract-shard-{plan.index:05d}", retry_delay_seconds=2)
 def extract_shard_task(config: RunConfig, plan: ex.ShardPlan, fp: str, lease_token: str) -> dict:
     logger = get_run_logger()
-    step = max(1, len(plan.videos) // 10)
+    logged = [-1]  # the last tenth of the shard logged
 
-    def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            logger.info("shard %d: %d/%d videos decoded", plan.index, done, total)
+    def progress(fraction: float, message: str) -> None:
+        if int(fraction * 10) > logged[0]:  # a line per tenth of the shard, and at the end
+            logged[0] = int(fraction * 10)
+            logger.info("shard %d: %s", plan.index, message)
 
     try:
         result = ex.extract_shard(plan, config, fp, progress, lease_token=lease_token)

@@ -46,8 +46,8 @@ def import_text_task(config: RunConfig, split: str, fp: str, lease_token: str) -
     plan = _plan(config)
     logger = get_run_logger()
 
-    def progress(done: int, total: int) -> None:
-        logger.info("text %s: %d/%d queries", split, done, total)
+    def progress(fraction: float, message: str) -> None:
+        logger.info("text %s: %s", split, message)
 
     n = rel.import_text(plan, split, fp, FeatureStore(config.store, mode="a", lease_token=lease_token), progress)
     logger.info("text %s committed: %d queries", split, n)

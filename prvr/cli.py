@@ -319,7 +319,7 @@ def synth(
         count = videos if videos is not None else get_preset(preset).default_videos
         with typer.progressbar(length=count, label="rendering") as bar:
             summary = generate_world(out, count, seed, preset, workers=workers, overwrite=overwrite,
-                                     progress=lambda done, total: bar.update(done - bar.pos))
+                                     progress=lambda fraction, _: bar.update(round(fraction * count) - bar.pos))
     except UserError as e:
         _fail(str(e))
     typer.echo(str(summary))

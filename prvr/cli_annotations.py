@@ -17,8 +17,8 @@ STRICT_HELP = "fail if any annotated video is missing from --videos (default: dr
 FORCE_HELP = "replace a manifest (and a videos link) already in --out"
 
 
-def _progress(name: str, count: int) -> None:
-    typer.echo(f"  {name}: {count:,} read")
+def _progress(fraction: float, message: str) -> None:
+    typer.echo(f"  {message}")
 
 
 def _summary(report: dict) -> None:

@@ -61,14 +61,11 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn()) as bar:
             total = bar.add_task("videos", total=videos)
-            done_before = [0]
-
             def on_shard(result: dict) -> None:
-                done_before[0] += result["videos"]
-                bar.update(total, completed=done_before[0], description=f"shard {result['shard']} committed")
+                bar.update(total, description=f"shard {result['shard']} committed")
 
-            def progress(n: int, of: int) -> None:
-                bar.update(total, completed=done_before[0] + n)
+            def progress(fraction: float, message: str) -> None:  # over the shards this run imports
+                bar.update(total, completed=round(fraction * videos))
 
             try:
                 summary = rel.run_import(plan, store, on_shard=on_shard, progress=progress, prune=prune_shards)

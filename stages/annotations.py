@@ -32,6 +32,7 @@ import numpy as np
 from prvr.errors import MAX_LISTED, UserError, problem_list
 from stages.manifest import (OUTSIDE_FILE, QUERIES_FILE, SPLITS, VIDEOS_FILE, iter_jsonl, iter_lines,
                              outside_folders, read_text)
+from stages.progress import Progress, counting
 
 DATASETS = ("tvr", "activitynet", "charades")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order when a stem has several
@@ -52,7 +53,6 @@ SKIPPED_FILES: dict[str, dict[str, str]] = {
     "charades": {},
 }
 
-Progress = Callable[[str, int], None]  # (file name, lines or entries read so far)
 
 
 class AnnotationError(UserError, ValueError):
@@ -197,8 +197,7 @@ def _text(value: object) -> str | None:
 
 
 def _jsonl_lines(path: Path, problems: list[str], progress: Progress | None) -> Iterator[tuple[int, dict]]:
-    report = None if progress is None else (lambda n: progress(path.name, n))
-    return iter_jsonl(path, problems, PROGRESS_EVERY, report)
+    return iter_jsonl(path, problems, PROGRESS_EVERY, counting(progress, None, path.name))
 
 
 def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
@@ -249,13 +248,13 @@ def _parse_activitynet(rf: ReleaseFile, parsed: Parsed, progress: Progress | Non
         parsed.problems.append(f"{name}: expected a JSON object mapping video ids to annotations")
         return 0
     records = 0
+    read = counting(progress, None, name)
     for i, (vid, entry) in enumerate(data.items(), 1):
-        if progress is not None and i % PROGRESS_EVERY == 0:
-            progress(name, i)
+        if i % PROGRESS_EVERY == 0:
+            read(i)
         where = f"{name}: video {vid!r}"
         records += _activitynet_video(rf, vid, entry, where, parsed)
-    if progress is not None:
-        progress(name, len(data))
+    read(len(data))
     return records
 
 
@@ -295,8 +294,7 @@ def _activitynet_video(rf: ReleaseFile, vid: str, entry: object, where: str, par
 def _parse_charades(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
     per_video: Counter[str] = Counter()  # k in "{vid}#{k}": the video's sentences in file order
     records = 0
-    report = None if progress is None else (lambda n: progress(rf.path.name, n))
-    for n, line in iter_lines(rf.path, parsed.problems, PROGRESS_EVERY, report):
+    for n, line in iter_lines(rf.path, parsed.problems, PROGRESS_EVERY, counting(progress, None, rf.path.name)):
         if not line.strip():
             continue
         where = f"{rf.path.name}:{n}"

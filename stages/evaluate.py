@@ -8,7 +8,7 @@ stays bounded by (query chunk x videos x frames), whatever the number of queries
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,13 +16,12 @@ import torch
 from configs.schema import RunConfig
 from stages.data import VIDEO_CHUNK, SplitData, load_split
 from stages.prefetch import prefetched
+from stages.progress import Progress, silent
 from stages.sources import stored_teachers
 from storage.features import FeatureStore
 from storage.runs import RunPaths, read_history
 
 log = logging.getLogger("prvr.evaluate")
-# progress(fraction done in [0, 1], what is being done)
-Progress = Callable[[float, str], None]
 
 
 @torch.inference_mode()
@@ -48,7 +47,7 @@ def encode_split(model, data: SplitData, device: torch.device | str = "cpu", bra
 
 def evaluate_student(model, data: SplitData, branch: str, device: torch.device | str = "cpu",
                      chunk: int = 1024, encoded=None,
-                     progress: Callable[[int, int], None] | None = None) -> tuple[dict[str, float], np.ndarray]:
+                     progress: Progress | None = None) -> tuple[dict[str, float], np.ndarray]:
     from stages.metrics import evaluate_chunked
 
     gallery, queries, mask = encoded or encode_split(model, data, device, branch)
@@ -117,9 +116,7 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
     from stages.trained import load_trained_student
     from storage.checkpoints import newest_loadable
 
-    def report(fraction: float, message: str) -> None:
-        if progress is not None:
-            progress(fraction, message)
+    report = progress or silent
 
     device = torch.device(resolve_device(cfg.train.device))
     split = cfg.evaluate.split
@@ -138,8 +135,8 @@ def evaluate_run(cfg: RunConfig, progress: Progress | None = None) -> dict[str, 
     for i, b in enumerate(branches):
         lo, hi = edges[i], edges[i + 1]
 
-        def ranked(done: int, total: int, lo: float = lo, hi: float = hi, b: str = b) -> None:
-            report(hi if done >= total else lo + (hi - lo) * done / total, f"ranking {total} queries: {names[b]}")
+        def ranked(fraction: float, message: str, lo: float = lo, hi: float = hi, b: str = b) -> None:
+            report(lo + (hi - lo) * fraction, f"ranking {len(data.query_ids)} queries: {names[b]}")
 
         metrics, ranks = evaluate_student(model, data, b, device, cfg.evaluate.query_chunk, encoded, ranked)
         methods[names[b]] = metrics

@@ -17,6 +17,7 @@ import numpy as np
 
 from configs.schema import ExtractConfig, RunConfig, TeacherSpec
 from stages.manifest import Manifest, Video
+from stages.progress import Progress, counting
 from storage.features import LAYOUT_VERSION, FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
 from storage.fingerprint import fingerprint
 from storage.integrity import Level
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("prvr.extract")
-Progress = Callable[[int, int], None]
 
 
 class ShardFailed(RuntimeError):
@@ -309,6 +309,7 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
         for v in plan.videos
     ]
     by_id = {v.video_id: v for v in plan.videos}
+    decoded = counting(progress, len(requests), "videos decoded")
     pool = get_decode_pool(ex.decode_workers, ex.decode_timeout_s)
     for n, (request, result) in enumerate(pool.imap(requests, prefetch=ex.prefetch_videos), 1):
         video = by_id[request.key]
@@ -323,8 +324,7 @@ def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress |
             for b in clip_batchers.values():
                 b.add(video.video_id, result.clips())
             write_finished(flush=False)
-        if progress:
-            progress(n, len(requests))
+        decoded(n)
         if n == 1:
             _drill_kill(plan.index)
     write_finished(flush=True)

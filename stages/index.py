@@ -13,7 +13,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from configs.schema import RunConfig
 from prvr.errors import UsageError
 from stages.data import VIDEO_CHUNK
 from stages.manifest import SPLITS
+from stages.progress import Progress, silent
 from storage.features import FeatureStore, StoreError
 from storage.fingerprint import fingerprint
 from storage.index import INDEX_FORMAT, IndexWriter, SearchIndexError, index_root, index_state, read_record
@@ -30,7 +31,6 @@ from storage.runs import RunPaths
 
 log = logging.getLogger("prvr.index")
 # progress(fraction done in [0, 1], what is being done)
-Progress = Callable[[float, str], None]
 ALL = "all"  # the selection of every stored video
 
 
@@ -114,9 +114,7 @@ def build_index(cfg: RunConfig, splits: list[str] | None = None, progress: Progr
     from stages.data import load_videos
     from stages.trained import load_trained_student
 
-    def report(fraction: float, message: str) -> None:
-        if progress is not None:
-            progress(fraction, message)
+    report = progress or silent
 
     unavailable = search_unavailable(cfg)
     if unavailable:

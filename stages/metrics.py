@@ -29,9 +29,10 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
+from stages.progress import Progress, counting
+
 KS: tuple[int, ...] = (1, 5, 10, 100)
 TieRule = Literal["optimistic", "pessimistic"]
-Progress = Callable[[int, int], None]  # (queries done, queries total), as in stages.extract
 ScoreChunk = Callable[[slice], "torch.Tensor | np.ndarray"]
 
 
@@ -148,8 +149,8 @@ def evaluate_chunked(
     """Rank every query against the whole gallery, `chunk` queries at a time.
 
     score_chunk(query_slice) must return the (len(slice), V) score block for those queries.
-    positive: (Q,) ground-truth video column per query. progress(done, total) is called
-    after each chunk. `misses`: more queries, whose video is not in the gallery; the metrics
+    positive: (Q,) ground-truth video column per query. progress(fraction, "done/total queries
+    ranked") is called after each chunk. `misses`: more queries, whose video is not in the gallery; the metrics
     count them as found at no K. Returns (recall_at_k metrics, (Q,) ranks of the ranked queries).
     """
     if chunk < 1:
@@ -158,6 +159,7 @@ def evaluate_chunked(
     total = len(positive)
     accumulator = RankAccumulator(ks=ks, ties=ties)
     accumulator.add_misses(misses)
+    ranked = counting(progress, total, "queries ranked")
     for start in range(0, total, chunk):
         queries = slice(start, min(start + chunk, total))
         scores = score_chunk(queries)
@@ -165,6 +167,5 @@ def evaluate_chunked(
         if scores.shape[0] != expected:
             raise ValueError(f"score_chunk({queries}) returned {scores.shape[0]} rows, expected {expected}")
         accumulator.add(scores, positive[queries])
-        if progress is not None:
-            progress(queries.stop, total)
+        ranked(queries.stop)
     return accumulator.result(), accumulator.ranks

@@ -26,6 +26,7 @@ import numpy as np
 from configs.schema import RunConfig
 from prvr.errors import UserError
 from stages.manifest import SPLITS
+from stages.progress import Progress, counting, scaled
 from stages.release_formats import (
     BigFile, Caption, Hdf5Rows, ReleaseFormatError, _listed, l2_normalise, mean_resample, read_captions,
     read_video2frames,
@@ -35,7 +36,6 @@ from storage.fingerprint import fingerprint
 from storage.integrity import Level
 
 log = logging.getLogger("prvr.release")
-Progress = Callable[[int, int], None]
 
 IMPORT_VERSION = 1
 # The feature folders the MS-SL release ships per collection (its run scripts name them).
@@ -291,6 +291,7 @@ def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureS
     visual, teacher = visual_array(s.feature), teacher_array(s.teacher)
     writer = store.begin_shard(shard.index, feature_dims(plan))
     frames = 0
+    imported = counting(progress, len(shard.videos), f"videos of shard {shard.index}")
     try:
         for n, (video_id, split) in enumerate(shard.videos, 1):
             steps = plan.frames_of[video_id]
@@ -302,8 +303,7 @@ def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureS
                 features[teacher] = rows["teacher"]
             writer.add_video(video_id, split, float(len(steps)), times, features)
             frames += m
-            if progress:
-                progress(n, len(shard.videos))
+            imported(n)
     finally:
         if tv:
             tv.close()
@@ -314,6 +314,7 @@ def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureS
 def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, progress: Progress | None = None) -> int:
     s = plan.settings
     caps = plan.captions[split]
+    imported = counting(progress, len(caps), f"queries of {split}")
     tokens = Hdf5Rows(plan.files.tokens)
     tq = Hdf5Rows(plan.files.teacher_queries, alternate_ids=True) if plan.has_teacher else None
     try:
@@ -340,8 +341,7 @@ def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, pro
             if tq:
                 sentences = np.stack([tq.read(c.query_id).reshape(-1) for c in batch])
                 writer.write(sentence_array(s.teacher), start, l2_normalise(sentences))
-            if progress:
-                progress(min(start + TEXT_BATCH, len(caps)), len(caps))
+            imported(min(start + TEXT_BATCH, len(caps)))
     finally:
         tokens.close()
         if tq:
@@ -433,8 +433,12 @@ def _run_import(plan: ReleasePlan, store: FeatureStore, on_shard: Callable[[dict
                 progress: Progress | None, prune: bool, verify: Level) -> dict:
     work = begin_import(plan, store, prune=prune, verify=verify,
                         how_to_prune="rerun with --prune-shards")
+    # One progress over every shard to import, each its share by videos.
+    total, before = max(1, sum(len(shard.videos) for shard, _ in work.shards)), 0
     for shard, fp in work.shards:
-        result = import_shard(plan, shard, fp, store, progress)
+        share = scaled(progress, before / total, (before + len(shard.videos)) / total)
+        before += len(shard.videos)
+        result = import_shard(plan, shard, fp, store, share)
         if on_shard:
             on_shard(result)
     for split, fp in work.texts:

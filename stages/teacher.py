@@ -26,6 +26,7 @@ import numpy as np
 
 from configs.schema import RunConfig, TeacherSpec
 from stages.extract import teacher_feature
+from stages.progress import Progress, silent
 from storage.features import FeatureStore, StoreError
 from storage.fingerprint import fingerprint
 from storage.teacher_cache import TeacherCache
@@ -41,7 +42,6 @@ CACHE_VERSION = 1
 # to query_block x 8192 x 4 bytes (32 MB at 1024 queries).
 FRAMES_PER_STEP = 8192
 # progress(fraction done in [0, 1], what is being done); called from the calling thread.
-Progress = Callable[[float, str], None]
 # Shares of a cache's time, for progress: the (queries x all frames) matrix dominates.
 VIDEO_SIM_SHARE = 0.9
 
@@ -293,9 +293,7 @@ def build_teacher_cache(cfg: RunConfig, teacher_key: str, split: str, query_bloc
     or a distributed Client in scope.
     `progress(fraction, message)` hears each phase and, on dask's local schedulers, each finished task.
     `compute_in()` is entered around the computation only, e.g. a client of the configured Dask cluster."""
-    def report(fraction: float, message: str) -> None:
-        if progress is not None:
-            progress(fraction, message)
+    report = progress or silent
     if query_block < 1:
         raise ValueError(f"query_block must be >= 1, got {query_block}")
     spec = _teacher_spec(cfg, teacher_key)

@@ -12,10 +12,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from prvr.errors import UserError
 from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE, load_manifest
+from stages.progress import Progress, counting
 from synth.captions import query_text
 from synth.presets import get_preset
 from synth.render import render_video
@@ -114,25 +114,24 @@ def _clear_previous(out: Path, overwrite: bool) -> None:
         shutil.rmtree(videos_dir)
 
 
-def _render_all(scenes: list[Scene], videos_dir: Path, workers: int, progress: Callable[[int, int], None] | None) -> None:
+def _render_all(scenes: list[Scene], videos_dir: Path, workers: int, progress: Progress | None) -> None:
     paths = [videos_dir / f"{s.video_id}.mp4" for s in scenes]
+    rendered = counting(progress, len(scenes), "videos rendered")
     if workers <= 1:
         for done, (scene, path) in enumerate(zip(scenes, paths), 1):
             render_video(scene, path)
-            if progress:
-                progress(done, len(scenes))
+            rendered(done)
         return
     # spawn, not fork: a caller may hold torch or other threads whose locks fork would copy.
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         for done, _ in enumerate(pool.map(render_video, scenes, paths), 1):
-            if progress:
-                progress(done, len(scenes))
+            rendered(done)
 
 
 def generate_world(
     out: Path, videos: int, seed: int, preset: str = "demo", workers: int = 2,
     frame_size: int | None = None, fps: int | None = None, overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> WorldSummary:
     """Plan, render and describe `videos` videos under `out`. The same arguments give the same
     annotations and the same decoded frames, whatever `workers` is."""

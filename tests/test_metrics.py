@@ -139,21 +139,21 @@ def test_chunked_equals_unchunked(chunk: int, as_torch: bool) -> None:
     scores, positive = random_problem(rng, 50, 120)
     scores[::5] = np.round(scores[::5])  # some tied rows too
     seen: list[slice] = []
-    progress: list[tuple[int, int]] = []
+    progress: list[tuple[float, str]] = []
 
     def score_chunk(queries: slice):
         seen.append(queries)
         block = scores[queries]
         return torch.from_numpy(block.copy()) if as_torch else block
 
-    metrics, ranks = evaluate_chunked(score_chunk, positive, chunk=chunk, progress=lambda d, t: progress.append((d, t)))
+    metrics, ranks = evaluate_chunked(score_chunk, positive, chunk=chunk, progress=lambda f, m: progress.append((f, m)))
     expected_ranks = direct_ranks(scores, positive, "optimistic")
     np.testing.assert_array_equal(ranks, expected_ranks)
     assert metrics == recall_at_k(expected_ranks)
     # The slices tile the queries exactly once, in order, the last one possibly shorter.
     assert [s.start for s in seen] == list(range(0, 50, chunk))
     assert seen[-1].stop == 50 and all(s.stop - s.start <= chunk for s in seen)
-    assert progress[-1] == (50, 50) and len(progress) == len(seen)
+    assert progress[-1] == (1.0, "50/50 queries ranked") and len(progress) == len(seen)
 
 
 def test_chunked_pessimistic_and_tied_query_count() -> None:
