@@ -33,7 +33,7 @@ from models.clip import load_clip_encoder  # noqa: E402
 from stages import extract as ex  # noqa: E402
 from stages.decode import decode_video, get_decode_pool  # noqa: E402
 from stages.manifest import load_manifest  # noqa: E402
-from tests.videos import make_video  # noqa: E402
+from synth.test_cards import make_video  # noqa: E402
 
 
 def make_dataset(root: Path, videos: int, seconds: float) -> None:

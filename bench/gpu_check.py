@@ -39,7 +39,7 @@ from configs.schema import RunConfig  # noqa: E402
 from stages import extract as ex  # noqa: E402
 from stages.decode import DecodeFailure, DecodeRequest, get_decode_pool  # noqa: E402
 from stages.manifest import load_manifest  # noqa: E402
-from tests.videos import make_video  # noqa: E402
+from synth.test_cards import make_video  # noqa: E402
 
 
 def say(message: str) -> None:

@@ -7,7 +7,6 @@ transform: resize (bicubic, antialiased) then centre crop, scale to [0, 1], norm
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from storage.fingerprint import file_sha256
 
 CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
 
@@ -64,26 +65,6 @@ def autocast_context(device: torch.device) -> contextlib.AbstractContextManager[
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-_sha256_cache: dict[tuple[str, int, int], str] = {}
-_sha256_lock = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached per (path, size, mtime) so each checkpoint is hashed once per process."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    with _sha256_lock:
-        if key in _sha256_cache:
-            return _sha256_cache[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    with _sha256_lock:
-        _sha256_cache[key] = digest.hexdigest()
-    return _sha256_cache[key]
 
 
 def _batches(n: int, batch_size: int | None) -> Iterator[slice]:

@@ -195,7 +195,8 @@ class VideoBackbone:
             raise ValueError(f"unknown video backbone {name!r}; known: {video}")
         import torch
 
-        from models.clip import file_sha256, resolve_device
+        from models.clip import resolve_device
+        from storage.fingerprint import file_sha256
 
         self.name = name
         self.seed = seed

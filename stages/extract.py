@@ -19,7 +19,7 @@ from configs.schema import ExtractConfig, RunConfig, TeacherSpec
 from stages.manifest import Manifest, Video
 from stages.progress import Progress, counting
 from storage.features import LAYOUT_VERSION, FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
-from storage.fingerprint import fingerprint
+from storage.fingerprint import file_sha256, fingerprint
 from storage.integrity import Level
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ def plan_shards(manifest: Manifest, shard_size: int) -> list[ShardPlan]:
 # ---- fingerprints -------------------------------------------------------------
 def teacher_identity(spec: TeacherSpec) -> dict:
     """The weights' identity without loading them: a tag, or a checkpoint file's content hash."""
-    from models.clip import file_sha256
 
     path = Path(spec.pretrained).expanduser() if spec.pretrained else None
     if path is not None and path.is_file():
@@ -57,7 +56,6 @@ def teacher_identity(spec: TeacherSpec) -> dict:
 
 def visual_weights_identity(weights: str | None) -> str | dict | None:
     """A video backbone's weights without loading them: a name, or a local file's content hash."""
-    from models.clip import file_sha256
     from models.visual import is_weights_file
 
     if is_weights_file(weights) and Path(weights).is_file():

@@ -15,7 +15,6 @@ no timestamps): row i of a video with n steps sits at its segment's centre.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from stages.release_formats import (
     read_video2frames,
 )
 from storage.features import FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
-from storage.fingerprint import fingerprint
+from storage.fingerprint import file_sha256, fingerprint
 from storage.integrity import Level
 
 log = logging.getLogger("prvr.release")
@@ -140,14 +139,6 @@ class ReleasePlan:
         return list(self.captions)
 
 
-def _content_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:32]
-
-
 def open_release(s: ImportSettings, check_features: bool = True) -> ReleasePlan:
     """Read and cross-check the release before any work: every problem names its file and id."""
     plan = read_plan(s)
@@ -253,7 +244,7 @@ def shard_fingerprint(plan: ReleasePlan, shard: ImportShard) -> str:
 
 
 def text_fingerprint(plan: ReleasePlan, split: str) -> str:
-    return fingerprint({"source": _source_identity(plan), "captions": _content_hash(plan.files.captions[split]),
+    return fingerprint({"source": _source_identity(plan), "captions": file_sha256(plan.files.captions[split])[:32],
                         "tokens": plan.files.tokens.stat().st_size, "text": plan.settings.text,
                         "max_tokens": plan.settings.max_tokens})
 

@@ -24,7 +24,7 @@ from stages import train as tr
 from stages.sources import source_splits
 from stages.teacher import build_teacher_cache
 from tests.test_extract import run_all_shards
-from tests.videos import run_ffmpeg
+from synth.test_cards import run_ffmpeg
 
 COLOURS = ("red", "green", "blue", "yellow", "magenta", "cyan", "white", "orange")
 SECONDS = 12.0

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from stages import annotations as an
 from stages.manifest import ManifestError, load_manifest
-from tests.videos import has_ffmpeg, make_video
+from synth.test_cards import has_ffmpeg, make_video
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the system ffmpeg")
 

@@ -1,7 +1,7 @@
 """Frame sampling and decoding on real videos made by the system ffmpeg, real decord.
 
 Decoded frames are checked for identity, not just shape: the "frame_gray" pattern
-paints frame n in a grey that encodes n (tests/videos.py), and testsrc2 frames next
+paints frame n in a grey that encodes n (synth/test_cards.py), and testsrc2 frames next
 to each other differ by a mean of >= 8 grey levels (measured), so a frame off by one
 cannot pass the "same frames" checks below.
 """
@@ -34,7 +34,7 @@ from stages.decode import (
     output_size,
     plan_samples,
 )
-from tests.videos import av1_encoder, frame_gray_level, make_broken, make_video, run_ffmpeg
+from synth.test_cards import av1_encoder, frame_gray_level, make_broken, make_video, run_ffmpeg
 
 SECONDS = 8
 FPS = 10  # of the test videos: 80 frames each, 160x120

@@ -17,7 +17,7 @@ from configs.schema import RunConfig, load_config
 from stages import extract as ex
 from stages.manifest import load_manifest
 from storage.features import FeatureStore
-from tests.videos import make_broken, make_video
+from synth.test_cards import make_broken, make_video
 
 GOOD = [("v0", "mp4", 6.0), ("v1", "mkv", 4.0), ("v2", "webm", 5.0), ("v3", "mp4", 3.0), ("v4", "mp4", 7.0)]
 

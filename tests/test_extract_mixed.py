@@ -17,7 +17,7 @@ from configs.schema import load_config
 from stages import extract as ex
 from stages.manifest import load_manifest
 from storage.features import FeatureStore
-from tests.videos import make_video
+from synth.test_cards import make_video
 
 # (video id, (width, height), fps, extra ffmpeg args): square, landscape 4:3, portrait, a
 # rotated landscape (displayed portrait), wide 16:9, each at its own frame rate.

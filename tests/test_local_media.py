@@ -14,7 +14,7 @@ from stages import extract as ex
 from stages.manifest import load_manifest
 from storage.features import FeatureStore, StoreError
 from tests.test_decode import make_concat_script, make_hls_outside
-from tests.videos import has_ffmpeg, make_video
+from synth.test_cards import has_ffmpeg, make_video
 
 pytestmark = pytest.mark.skipif(not has_ffmpeg(), reason="needs the system ffmpeg")
 

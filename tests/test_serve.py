@@ -195,7 +195,7 @@ def test_the_frame_shown_at_a_time_is_decoded_by_either_backend(tmp_path, name, 
     """decord for h264; AV1, which decord's FFmpeg cannot decode, through the system ffmpeg. Each frame's
     grey level tells which frame came back."""
     from stages.decode import decode_frame_at, decode_video
-    from tests.videos import frame_gray_level, make_video
+    from synth.test_cards import frame_gray_level, make_video
 
     video = make_video(tmp_path / name, 4, fps=10, codec=codec, pattern="frame_gray")
     sampled = decode_video(video, fps=2.0, max_frames=128, short_side=None)

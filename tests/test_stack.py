@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from prvr import stack
-from tests.videos import has_ffmpeg, make_video
+from synth.test_cards import has_ffmpeg, make_video
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; parent-death signal")

@@ -23,7 +23,7 @@ from prvr.ui_snapshots import (
 )
 from storage.runs import RunPaths
 from tests.test_e2e import base_env, free_port, prvr
-from tests.videos import make_video
+from synth.test_cards import make_video
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

@@ -1,6 +1,6 @@
-"""Make real test videos (and broken ones) with the system ffmpeg.
+"""Make real test videos (test cards, and broken files) with the system ffmpeg.
 
-Shared by the decode, extraction and flow tests. Everything is made by
+Used by the decode, extraction and flow tests and by the benchmarks. Everything is made by
 ``subprocess.run`` with an argument list; sizes and lengths are kept small so a test
 can afford a fresh video.
 
