@@ -11,7 +11,7 @@ import torch
 from configs.schema import RunConfig
 from stages.extract import visual_feature
 from stages.sources import student_text_features
-from storage.features import FeatureStore, StoreError, resampled_rows, teacher_array
+from storage.features import FeatureStore, StoreError, TextSplit, resampled_rows, teacher_array
 from storage.split_rows import StoredFrames, StoredTokens
 
 log = logging.getLogger("prvr.data")
@@ -227,8 +227,9 @@ def load_videos(cfg: RunConfig, splits: list[str], store: FeatureStore | None = 
     )
 
 
-def split_bytes(cfg: RunConfig, split: str, store: FeatureStore) -> int:
-    """Bytes a split's frames and tokens take in memory (float16, padded): what streaming saves."""
+def split_bytes(cfg: RunConfig, split: str, store: FeatureStore, text: TextSplit | None = None) -> int:
+    """Bytes a split's frames and tokens take in memory (float16, padded): what streaming saves.
+    `text`: the split's text when the caller has opened it already (opening checks its sizes)."""
     max_frames = cfg.train.max_frames or cfg.extract.max_frames
     index = store.video_index()
     split = store.resolve_split(split)
@@ -237,16 +238,16 @@ def split_bytes(cfg: RunConfig, split: str, store: FeatureStore) -> int:
         return 0
     widths = [store.shard_array(next(iter(index.values())).shard, visual_feature(v)).shape[1]
               for v in cfg.train.visual]
-    tokens, _ = store.text(split).lazy_tokens(student_text_features(cfg))
+    tokens, _ = (text or store.text(split)).lazy_tokens(student_text_features(cfg))
     return 2 * (len(lengths) * max(lengths) * sum(widths) + int(np.prod(tokens.shape)))
 
 
-def streams(cfg: RunConfig, split: str, store: FeatureStore) -> bool:
+def streams(cfg: RunConfig, split: str, store: FeatureStore, text: TextSplit | None = None) -> bool:
     """Whether a split is streamed from the store (train.data), `auto` streaming what exceeds
     train.memory_limit_gb."""
     mode = cfg.train.data
     if mode == "auto":
-        return split_bytes(cfg, split, store) > cfg.train.memory_limit_gb * 2**30
+        return split_bytes(cfg, split, store, text) > cfg.train.memory_limit_gb * 2**30
     return mode == "stream"
 
 
@@ -254,7 +255,8 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
                teacher_views: list[str] = (), stream: bool | None = None) -> SplitData:
     """A split of the store; `stream` None decides by train.data (see `streams`)."""
     store = store or FeatureStore(cfg.store)
-    stream = streams(cfg, split, store) if stream is None else stream
+    text = store.text(split)
+    stream = streams(cfg, split, store, text) if stream is None else stream
     max_frames = cfg.train.max_frames or cfg.extract.max_frames
     if stream:
         parts = [StoredFrames(store, split, visual_feature(v), max_frames) for v in cfg.train.visual]
@@ -270,7 +272,6 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
         video_mask, times, durations = videos.video_mask, videos.times, videos.durations
     index = {vid: i for i, vid in enumerate(video_ids)}
 
-    text = store.text(split)
     keep = [i for i, vid in enumerate(text.video_ids) if vid in index]
     without_video = [q for q, vid in zip(text.query_ids, text.video_ids) if vid not in index]
     if without_video:
