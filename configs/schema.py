@@ -52,6 +52,11 @@ class TeacherSpec(_Strict):
         return v
 
 
+
+def default_teacher() -> TeacherSpec:
+    """OpenAI's CLIP ViT-B/32, DL-DKD's teacher (and the one its feature releases ship)."""
+    return TeacherSpec(model="ViT-B-32-quickgelu", pretrained="openai")
+
 class ReleaseSource(_Strict):
     """A published feature release (MS-SL / DL-DKD / GMMFormer layout) used instead of raw videos.
 
@@ -75,7 +80,7 @@ class ExtractConfig(_Strict):
     shard_size: int = Field(default=64, ge=1)
     fps: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     max_frames: int = Field(default=128, ge=1)
-    teacher: list[TeacherSpec] = Field(default_factory=lambda: [TeacherSpec(model="ViT-B-32-quickgelu", pretrained="openai")])
+    teacher: list[TeacherSpec] = Field(default_factory=lambda: [default_teacher()])
     visual: list[str] = Field(default_factory=lambda: ["clip"])
     device: Literal["auto", "cpu", "cuda"] = "auto"
     strict: bool = False

@@ -21,7 +21,7 @@ from prvr.errors import UserError
 from stages import evaluate as ev
 from stages import teacher as tc
 from stages import train as tr
-from stages.sources import source_splits, source_status, stored_teachers
+from stages.sources import source_for, stored_teachers
 from storage.features import FeatureStore, StoreError
 
 
@@ -34,11 +34,10 @@ def require_complete_store(config: RunConfig) -> None:
         store = FeatureStore(config.store)
     except StoreError:
         store = None
-    status = source_status(config, store)
-    if not status["complete"]:
-        missing = [s["shard"] for s in status["shards"] if s["state"] != "committed"]
-        raise StoreIncomplete(f"the feature store {config.store} is incomplete (shards not committed: {missing}; "
-                              f"text: {status['text']}); run the extract stage first")
+    status = source_for(config).status(store)
+    if not status.complete:
+        raise StoreIncomplete(f"the feature store {config.store} is incomplete (shards not committed: "
+                              f"{status.missing_shards}; text: {status.text}); run the extract stage first")
 
 
 @task(name="teacher-cache", task_run_name="teacher-cache-{teacher}-{split}", retries=1)
@@ -55,7 +54,7 @@ def teacher_cache_task(config: RunConfig, teacher: str, split: str) -> dict:
 @flow(name="teacher", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def teacher_flow(config: RunConfig) -> list[dict]:
     require_complete_store(config)
-    splits = source_splits(config)
+    splits = source_for(config).splits()
     teachers = stored_teachers(config, FeatureStore(config.store))
     missing = [k for k in tc.teacher_keys(config) if k not in teachers]
     if missing:  # a release imported without its teacher files; training says what to do

@@ -7,10 +7,10 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from configs.schema import load_config
-from flows.extract import extract_flow_for
+from flows.ingest import ingest_flow_for
 from flows.logs import give_extra_loggers_a_level
 from flows.stage_names import ALL_STAGES, Stage
-from stages.sources import check_source, is_release
+from stages.sources import check_source
 
 # Every process that runs the pipeline imports this module (`prvr run`, a worker's flow run).
 give_extra_loggers_a_level()
@@ -36,14 +36,8 @@ def prvr_flow(
     get_run_logger().info("run %s: stages %s, store %s", cfg.name, wanted, cfg.store)
     results: dict[str, Any] = {}
     # Each subflow raises on failure, so a later stage never starts after a failed one.
-    if "extract" in wanted:
-        if is_release(cfg):
-            from flows.release import import_flow
-            from flows.runners import task_runner_for
-
-            results["extract"] = import_flow.with_options(task_runner=task_runner_for(cfg))(cfg)
-        else:
-            results["extract"] = extract_flow_for(cfg)(cfg)
+    if "extract" in wanted:  # extraction from raw videos, or a release's import
+        results["extract"] = ingest_flow_for(cfg)(cfg)
     if "teacher" in wanted:
         results["teacher"] = teacher_flow(cfg)
     if "train" in wanted:

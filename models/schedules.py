@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import get_args
 
-SCHEDULES: tuple[str, ...] = ("exponential", "linear", "sigmoid", "cosine", "constant")
+from configs.schema import Schedule
+
+SCHEDULES: tuple[str, ...] = get_args(Schedule)  # the names are the config's; each has a shape below
 
 EXPONENTIAL_RATE = 0.95
 LINEAR_SLOPE, LINEAR_FLOOR = 0.01, 0.05

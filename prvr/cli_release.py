@@ -61,8 +61,8 @@ def register(import_app: typer.Typer, fail: Callable[[str], None]) -> None:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn()) as bar:
             total = bar.add_task("videos", total=videos)
-            def on_shard(result: dict) -> None:
-                bar.update(total, description=f"shard {result['shard']} committed")
+            def on_shard(result: rel.ShardOutcome) -> None:
+                bar.update(total, description=f"shard {result.index} committed")
 
             def progress(fraction: float, message: str) -> None:  # over the shards this run imports
                 bar.update(total, completed=round(fraction * videos))

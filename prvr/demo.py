@@ -66,9 +66,10 @@ def main() -> None:
     stack.up(where)
     timings["stack"] = time.perf_counter() - t
 
-    t = _step("prefect deployment run prvr/full")
+    deployment = stack.full_deployment()
+    t = _step(f"prefect deployment run {deployment}")
     api_env = {**env, "PREFECT_API_URL": where.api_url}
-    _call([str(BIN / "prefect"), "deployment", "run", "prvr/full", "--param", f"config_path={DEMO_CONFIG}",
+    _call([str(BIN / "prefect"), "deployment", "run", deployment, "--param", f"config_path={DEMO_CONFIG}",
            "--watch", "--watch-timeout", "1800"], api_env)
     timings["pipeline"] = time.perf_counter() - t
 

@@ -20,10 +20,38 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from prvr.env import PROJECT_ROOT, apply_defaults
 from stages.processes import bound_to_this_process
 
-WORK_POOL = "prvr-process"
+PREFECT_FILE = PROJECT_ROOT / "prefect.yaml"
+
+
+def _prefect_file() -> dict:
+    return yaml.safe_load(PREFECT_FILE.read_text(encoding="utf-8"))
+
+
+def _work_pool() -> str:
+    """The work pool prefect.yaml's deployments run on: named there only."""
+    pools = {d["work_pool"]["name"] for d in _prefect_file()["deployments"]}
+    if len(pools) != 1:
+        raise RuntimeError(f"{PREFECT_FILE}: the deployments name {len(pools)} work pools {sorted(pools)}; "
+                           "the local stack starts one worker, for one pool")
+    return pools.pop()
+
+
+def full_deployment() -> str:
+    """The whole pipeline's deployment as `prefect deployment run` names it: <flow>/<deployment>."""
+    from flows.pipeline import prvr_flow  # the flow prefect.yaml's deployments run
+
+    full = next(d for d in _prefect_file()["deployments"] if d["name"] == "full")
+    if not full["entrypoint"].endswith(f":{prvr_flow.fn.__name__}"):
+        raise RuntimeError(f"{PREFECT_FILE}: deployment 'full' runs {full['entrypoint']}, not the pipeline's flow")
+    return f"{prvr_flow.name}/{full['name']}"
+
+
+WORK_POOL = _work_pool()
 
 
 @dataclass(frozen=True)
@@ -183,7 +211,7 @@ def up(stack: Stack, wait_s: float = 120.0, echo=print) -> None:
             raise RuntimeError(f"Prefect server not healthy after {wait_s:.0f}s; see {stack.log_file('server')}")
         time.sleep(1.0)
     _run(stack, [prefect, "--no-prompt", "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite"])
-    _run(stack, [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(PROJECT_ROOT / "prefect.yaml")])
+    _run(stack, [prefect, "--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE)])
     echo(f"work pool {WORK_POOL} and deployments applied")
     if _read_pid(stack.pid_file("worker")) is None:
         _spawn(stack, "worker", [prefect, "worker", "start", "--pool", WORK_POOL, "--type", "process"])

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from prvr.errors import MAX_LISTED, UserError, problem_list
 from stages.manifest import (OUTSIDE_FILE, QUERIES_FILE, SPLITS, VIDEOS_FILE, iter_jsonl, iter_lines,
                              outside_folders, read_text)
 from stages.progress import Progress, counting
+from storage.runs import sync_folder, write_temp
 
 DATASETS = ("tvr", "activitynet", "charades")
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # preference order when a stem has several
@@ -41,7 +41,7 @@ VIDEOS_LINK = "videos"
 PROGRESS_EVERY = 10_000  # lines between progress callbacks (TVR train has ~87k)
 
 # Release file name -> our split before the val hold-out.
-RELEASE_FILES: dict[str, dict[str, str]] = {
+ANNOTATION_FILES: dict[str, dict[str, str]] = {
     "tvr": {"tvr_train_release.jsonl": "train", "tvr_val_release.jsonl": "test"},  # papers report on TVR val
     "activitynet": {"train.json": "train", "val_1.json": "test"},
     "charades": {"charades_sta_train.txt": "train", "charades_sta_test.txt": "test"},
@@ -67,20 +67,20 @@ def _problems_error(title: str, problems: list[str], max_listed: int = MAX_LISTE
 
 
 @dataclass(frozen=True)
-class ReleaseFile:
+class AnnotationFile:
     path: Path
     split: str  # our split, before the val hold-out
 
 
-def release_files(dataset: str, annotations: Path) -> tuple[list[ReleaseFile], list[str]]:
+def annotation_files(dataset: str, annotations: Path) -> tuple[list[AnnotationFile], list[str]]:
     """The release files to read from `annotations` (a folder, or one release file).
 
     Returns the files in split order and notes about recognised files that are skipped.
     In a folder, files with other names are ignored (releases ship extra files).
     """
-    if dataset not in RELEASE_FILES:
+    if dataset not in ANNOTATION_FILES:
         raise AnnotationError(f"unknown dataset {dataset!r}; one of {list(DATASETS)}")
-    known = {**RELEASE_FILES[dataset], **dict.fromkeys(SKIPPED_FILES[dataset], "")}
+    known = {**ANNOTATION_FILES[dataset], **dict.fromkeys(SKIPPED_FILES[dataset], "")}
     if annotations.is_file():
         if annotations.name not in known:
             raise AnnotationError(f"{annotations}: unknown file name {annotations.name!r} for {dataset}; "
@@ -98,7 +98,7 @@ def release_files(dataset: str, annotations: Path) -> tuple[list[ReleaseFile], l
         if path.name in SKIPPED_FILES[dataset]:
             notes.append(f"{path.name} skipped: {SKIPPED_FILES[dataset][path.name]}")
         else:
-            files.append(ReleaseFile(path, RELEASE_FILES[dataset][path.name]))
+            files.append(AnnotationFile(path, ANNOTATION_FILES[dataset][path.name]))
     files.sort(key=lambda f: SPLITS.index(f.split))
     if not files:
         raise AnnotationError(f"{annotations}: nothing to import ({'; '.join(notes)})")
@@ -200,7 +200,7 @@ def _jsonl_lines(path: Path, problems: list[str], progress: Progress | None) -> 
     return iter_jsonl(path, problems, PROGRESS_EVERY, counting(progress, None, path.name))
 
 
-def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
+def _parse_tvr(rf: AnnotationFile, parsed: Parsed, progress: Progress | None) -> int:
     records = 0
     for n, obj in _jsonl_lines(rf.path, parsed.problems, progress):
         where = f"{rf.path.name}:{n}"
@@ -234,7 +234,7 @@ def _parse_tvr(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> in
     return records
 
 
-def _parse_activitynet(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
+def _parse_activitynet(rf: AnnotationFile, parsed: Parsed, progress: Progress | None) -> int:
     name = rf.path.name
     text = read_text(rf.path, parsed.problems)
     if text is None:
@@ -258,7 +258,7 @@ def _parse_activitynet(rf: ReleaseFile, parsed: Parsed, progress: Progress | Non
     return records
 
 
-def _activitynet_video(rf: ReleaseFile, vid: str, entry: object, where: str, parsed: Parsed) -> int:
+def _activitynet_video(rf: AnnotationFile, vid: str, entry: object, where: str, parsed: Parsed) -> int:
     if not isinstance(entry, dict):
         parsed.problems.append(f"{where}: expected an object with duration, timestamps, sentences")
         return 0
@@ -291,7 +291,7 @@ def _activitynet_video(rf: ReleaseFile, vid: str, entry: object, where: str, par
     return records
 
 
-def _parse_charades(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) -> int:
+def _parse_charades(rf: AnnotationFile, parsed: Parsed, progress: Progress | None) -> int:
     per_video: Counter[str] = Counter()  # k in "{vid}#{k}": the video's sentences in file order
     records = 0
     for n, line in iter_lines(rf.path, parsed.problems, PROGRESS_EVERY, counting(progress, None, rf.path.name)):
@@ -316,12 +316,12 @@ def _parse_charades(rf: ReleaseFile, parsed: Parsed, progress: Progress | None) 
     return records
 
 
-_PARSERS: dict[str, Callable[[ReleaseFile, Parsed, Progress | None], int]] = {
+_PARSERS: dict[str, Callable[[AnnotationFile, Parsed, Progress | None], int]] = {
     "tvr": _parse_tvr, "activitynet": _parse_activitynet, "charades": _parse_charades,
 }
 
 
-def parse_release(dataset: str, files: list[ReleaseFile], progress: Progress | None = None) -> Parsed:
+def parse_annotations(dataset: str, files: list[AnnotationFile], progress: Progress | None = None) -> Parsed:
     """Read every release file; raise AnnotationError listing all problems in all files."""
     parsed = Parsed()
     for rf in files:
@@ -458,8 +458,8 @@ def plan_import(dataset: str, annotations: Path, videos_dir: Path, out: Path, *,
     out = out.resolve()
     check_out(out, force)  # before the (long) parse, so a refusal comes at once
     _check_fraction(val_fraction)
-    files, notes = release_files(dataset, annotations)
-    parsed = parse_release(dataset, files, progress)
+    files, notes = annotation_files(dataset, annotations)
+    parsed = parse_annotations(dataset, files, progress)
     val = hold_out_val([v.video_id for v in parsed.videos.values() if v.split == "train"], val_fraction, seed)
     for vid in val:
         parsed.videos[vid].split = "val"
@@ -544,21 +544,6 @@ def _report(dataset: str, annotations: Path, index: VideoIndex, out: Path, link_
 # ---------------------------------------------------------------------------- writing
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to a temporary file next to `path`; return it (renamed by the caller)."""
-    # Not tempfile.mkstemp: its 0600 mode would stick to the manifest; "x" honours the umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        with tmp.open("x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 def _link_videos(out: Path, target: Path, force: bool) -> None:
     """Make out/videos -> target (absolute); reuse a link that already points there."""
     link = out / VIDEOS_LINK
@@ -613,10 +598,11 @@ def write_import(plan: ImportPlan, force: bool = False) -> None:
     temps: dict[str, Path] = {}
     try:
         for name, text in texts.items():
-            temps[name] = _write_atomic(plan.out / name, text)
+            temps[name] = write_temp(plan.out / name, text.encode("utf-8"), suffix=".partial")
         (plan.out / VIDEOS_FILE).unlink(missing_ok=True)
         for name, tmp in temps.items():
             os.replace(tmp, plan.out / name)
+        sync_folder(plan.out)
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)

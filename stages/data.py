@@ -10,7 +10,7 @@ import torch
 
 from configs.schema import RunConfig
 from stages.extract import visual_feature
-from stages.sources import student_text_features
+from stages.sources import source_for
 from storage.features import FeatureStore, StoreError, TextSplit, resampled_rows, teacher_array
 from storage.split_rows import StoredFrames, StoredTokens
 
@@ -238,7 +238,7 @@ def split_bytes(cfg: RunConfig, split: str, store: FeatureStore, text: TextSplit
         return 0
     widths = [store.shard_array(next(iter(index.values())).shard, visual_feature(v)).shape[1]
               for v in cfg.train.visual]
-    tokens, _ = (text or store.text(split)).lazy_tokens(student_text_features(cfg))
+    tokens, _ = (text or store.text(split)).lazy_tokens(source_for(cfg).text_features())
     return 2 * (len(lengths) * max(lengths) * sum(widths) + int(np.prod(tokens.shape)))
 
 
@@ -278,7 +278,7 @@ def load_split(cfg: RunConfig, split: str, teachers: list[str] = (), store: Feat
         log.warning("split %s: %d of %d queries have no video in the store (its extraction failed?), e.g. %s; "
                     "training leaves them out, evaluation counts them as misses",
                     split, len(without_video), len(text.query_ids), without_video[:5])
-    tok_key = student_text_features(cfg)
+    tok_key = source_for(cfg).text_features()
     if stream:
         stored_tokens = StoredTokens(text, tok_key, np.asarray(keep, dtype=np.int64))
         token_rows: Rows = StreamedRows([stored_tokens])

@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from configs.schema import ExtractConfig, RunConfig, TeacherSpec
+from stages.drills import ShardFailed, fail_shard_drill, kill_shard_drill
+from stages.encoders import Encoders
+from stages.ingest import IngestWork, ShardOutcome, ShardUnit, SourceStatus, TextUnit, begin_work, planned_status
 from stages.manifest import Manifest, Video
 from stages.progress import Progress, counting
-from storage.features import LAYOUT_VERSION, FeatureStore, sentence_array, teacher_array, token_arrays, visual_array
+from storage.features import (
+    LAYOUT_VERSION, FeatureStore, ShardWriter, sentence_array, teacher_array, token_arrays, visual_array,
+)
 from storage.fingerprint import file_sha256, fingerprint
 from storage.integrity import Level
 
-if TYPE_CHECKING:
-    import torch
-
 log = logging.getLogger("prvr.extract")
-
-
-class ShardFailed(RuntimeError):
-    """A shard that must not be committed (strict mode with bad videos, or a drill)."""
 
 
 @dataclass(frozen=True)
@@ -107,154 +103,6 @@ def token_model(cfg: ExtractConfig) -> str:
     return cfg.teacher[0].key
 
 
-# ---- encoders -----------------------------------------------------------------
-class Encoders:
-    """The models one shard needs, loaded once per process through the models' caches."""
-
-    def __init__(self, cfg: ExtractConfig):
-        from models.clip import load_clip_encoder, resolve_device
-        from models.visual import VISUAL_FEATURES, load_video_backbone
-
-        self.device = resolve_device(cfg.device)
-        self.teachers = {t.key: load_clip_encoder(t.model, t.pretrained, self.device, cfg.seed) for t in cfg.teacher}
-        self.first = self.teachers[cfg.teacher[0].key]
-        self.backbones = {
-            name: load_video_backbone(name, cfg.visual_weights.get(name), self.device, cfg.seed)
-            for name in cfg.visual if VISUAL_FEATURES[name].kind == "video"
-        }
-        self.cfg = cfg
-
-    def feature_dims(self) -> dict[str, int]:
-        dims = {teacher_feature(t): self.teachers[t.key].embed_dim for t in self.cfg.teacher}
-        for name in self.cfg.visual:
-            dims[visual_feature(name)] = self.backbones[name].dim if name in self.backbones else self.first.embed_dim
-        return dims
-
-    def decode_short_side(self) -> int:
-        sizes = [e.image_size for e in self.teachers.values()] + [b.input_size for b in self.backbones.values()]
-        return max(sizes)
-
-
-# ---- batching across videos ---------------------------------------------------
-class _RowBatcher:
-    """Feeds rows of many videos through one encoder in full batches and hands back per-video outputs.
-
-    Rows arrive already fitted to the encoder's input geometry (`fit`), so videos of different
-    frame sizes, orientations and frame rates share a batch.
-    """
-
-    def __init__(self, batch_size: int, fit: Callable[[np.ndarray], torch.Tensor],
-                 encode: Callable[[torch.Tensor], dict[str, np.ndarray]]):
-        self.batch_size = batch_size
-        self.fit = fit
-        self.encode = encode
-        self._pending: list[tuple[str, torch.Tensor]] = []  # (video key, fitted rows not yet encoded)
-        self._rows = 0
-        self._outputs: dict[str, dict[str, list[np.ndarray]]] = {}
-        self._expected: dict[str, int] = {}
-        self._done_rows: dict[str, int] = {}
-
-    def add(self, key: str, rows: np.ndarray) -> None:
-        fitted = self.fit(rows)
-        self._expected[key] = len(fitted)
-        self._done_rows[key] = 0
-        self._outputs[key] = {}
-        self._pending.append((key, fitted))
-        self._rows += len(fitted)
-
-    def _run(self, limit: int) -> None:
-        import torch
-
-        take: list[tuple[str, torch.Tensor]] = []
-        n = 0
-        while self._pending and n < limit:
-            key, rows = self._pending[0]
-            k = min(len(rows), limit - n)
-            take.append((key, rows[:k]))
-            n += k
-            if k == len(rows):
-                self._pending.pop(0)
-            else:
-                self._pending[0] = (key, rows[k:])
-        self._rows -= n
-        out = self.encode(torch.cat([r for _, r in take]))
-        start = 0
-        for key, rows in take:
-            for name, values in out.items():
-                self._outputs[key].setdefault(name, []).append(values[start:start + len(rows)])
-            self._done_rows[key] += len(rows)
-            start += len(rows)
-
-    def pump(self, flush: bool = False) -> None:
-        while self._rows >= self.batch_size or (flush and self._rows > 0):
-            self._run(self.batch_size)
-
-    def pop_finished(self) -> dict[str, dict[str, np.ndarray]]:
-        done = [k for k, n in self._done_rows.items() if n == self._expected[k]]
-        result = {}
-        for key in done:
-            result[key] = {name: np.concatenate(parts) for name, parts in self._outputs.pop(key).items()}
-            del self._done_rows[key], self._expected[key]
-        return result
-
-
-def _frame_batchers(enc: Encoders, ex: ExtractConfig) -> dict[str, _RowBatcher]:
-    """One batcher per teacher (each fits frames to its own input size); `visual.clip` is the first
-    teacher's un-normalised embedding."""
-    batchers = {}
-    for spec in ex.teacher:
-        teacher = enc.teachers[spec.key]
-        with_clip = spec is ex.teacher[0] and "clip" in ex.visual
-
-        def encode(frames, teacher=teacher, spec=spec, with_clip=with_clip) -> dict[str, np.ndarray]:
-            normalised, raw = teacher.encode_frames(frames)
-            out = {teacher_feature(spec): normalised.numpy()}
-            if with_clip:
-                out[visual_feature("clip")] = raw.numpy()
-            return out
-
-        batchers[spec.key] = _RowBatcher(ex.batch_size, teacher.fit_frames, encode)
-    return batchers
-
-
-def _clip_batchers(enc: Encoders, ex: ExtractConfig) -> dict[str, _RowBatcher]:
-    return {
-        name: _RowBatcher(max(1, ex.batch_size // ex.window), b.fit_clips,
-                          lambda clips, b=b, name=name: {visual_feature(name): b.encode_clips(clips).numpy()})
-        for name, b in enc.backbones.items()
-    }
-
-
-def _drill_shards(variable: str) -> set[str]:
-    return {s.strip() for s in os.environ.get(variable, "").split(",") if s.strip()}
-
-
-def _drill_fail(index: int) -> None:
-    # PRVR_FAIL_SHARDS="1,3": those shards raise, for tests and failure drills.
-    if str(index) in _drill_shards("PRVR_FAIL_SHARDS"):
-        raise ShardFailed(f"shard {index} failed on purpose (PRVR_FAIL_SHARDS={os.environ['PRVR_FAIL_SHARDS']})")
-
-
-# PRVR_KILL_SHARDS="1,3": the process extracting those shards SIGKILLs itself after decoding the
-# shard's first video (a lost machine or Dask worker, mid-shard, partial shard on disk). With
-# PRVR_KILL_ONCE_DIR set, only once per shard: a marker file there records that it happened.
-KILL_DRILL_ENV = "PRVR_KILL_SHARDS"
-KILL_ONCE_ENV = "PRVR_KILL_ONCE_DIR"
-
-
-def _drill_kill(index: int) -> None:
-    if str(index) not in _drill_shards(KILL_DRILL_ENV):
-        return
-    once = os.environ.get(KILL_ONCE_ENV)
-    if once:
-        try:  # O_EXCL: of all attempts on all machines sharing the folder, one creates it
-            os.close(os.open(Path(once) / f"killed-shard-{index:05d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            return
-    log.warning("shard %d: killing this process (pid %d) on purpose (%s)", index, os.getpid(), KILL_DRILL_ENV)
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 @dataclass
 class ShardResult:
     index: int
@@ -264,74 +112,79 @@ class ShardResult:
     fingerprint: str
 
 
+class ShardAssembler:
+    """The writer's side of a shard: per-video outputs in, each video written once it has every
+    feature, in manifest order (so a shard's layout does not depend on timing)."""
+
+    def __init__(self, writer: ShardWriter, feature_names: list[str]):
+        self.writer = writer
+        self.feature_names = set(feature_names)
+        self._order: list[str] = []
+        self._meta: dict[str, tuple[Video, float, np.ndarray]] = {}  # video, duration, sample times
+        self._pending: dict[str, dict[str, np.ndarray]] = {}  # finished outputs of videos not yet written
+        self.videos = 0
+        self.frames = 0
+
+    def expect(self, video: Video, duration: float, times: np.ndarray) -> None:
+        self._order.append(video.video_id)
+        self._meta[video.video_id] = (video, duration, times)
+
+    def leave_out(self, video: Video, error: str) -> None:
+        self.writer.add_failure(video.video_id, error)
+
+    def take(self, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+        for key, features in outputs.items():
+            self._pending.setdefault(key, {}).update(features)
+        while self._order and set(self._pending.get(self._order[0], ())) == self.feature_names:
+            key = self._order.pop(0)
+            video, duration, times = self._meta.pop(key)
+            self.writer.add_video(video.video_id, video.split, duration, times, self._pending.pop(key))
+            self.videos += 1
+            self.frames += len(times)
+
+
 def extract_shard(plan: ShardPlan, cfg: RunConfig, fp: str, progress: Progress | None = None,
                   lease_token: str | None = None) -> ShardResult:
-    """Decode, encode and write one shard, committing it only when complete.
-    `lease_token`: the run's lease on the store (storage/lease.py), checked before writing and committing."""
+    """Decode (the reader), encode (the mapper) and write (the writer) one shard, committing it only
+    when complete. `lease_token`: the run's lease on the store (storage/lease.py), checked before
+    writing and committing."""
     from stages.decode import DecodeFailure, DecodeRequest, get_decode_pool
 
-    _drill_fail(plan.index)
+    fail_shard_drill(plan.index)
     ex = cfg.extract
     enc = Encoders(ex)
+    mapper = enc.mapper()
     store = FeatureStore(cfg.store, mode="a", lease_token=lease_token)
-    writer = store.begin_shard(plan.index, enc.feature_dims())
+    assembler = ShardAssembler(store.begin_shard(plan.index, enc.feature_dims()), list(enc.feature_dims()))
+
     short_side = enc.decode_short_side()
-    needs_windows = bool(enc.backbones)
-
-    frame_batchers = _frame_batchers(enc, ex)
-    clip_batchers = _clip_batchers(enc, ex)
-    meta: dict[str, tuple[Video, float, np.ndarray]] = {}  # video, duration, sample times (frames are let go)
-    order: list[str] = []
-    pending: dict[str, dict[str, np.ndarray]] = {}  # finished outputs of videos not yet written
-    feature_names = list(enc.feature_dims())
-    written = 0
-    frames_total = 0
-
-    def write_finished(flush: bool) -> None:
-        nonlocal written, frames_total
-        for b in [*frame_batchers.values(), *clip_batchers.values()]:
-            b.pump(flush)
-            for k, v in b.pop_finished().items():
-                pending.setdefault(k, {}).update(v)
-        # Write in manifest order so a shard's layout does not depend on timing.
-        while order and order[0] in pending and len(pending[order[0]]) == len(feature_names):
-            key = order.pop(0)
-            video, duration, times = meta.pop(key)
-            writer.add_video(video.video_id, video.split, duration, times, pending.pop(key))
-            written += 1
-            frames_total += len(times)
-
     requests = [
         DecodeRequest(key=v.video_id, path=str(v.path), fps=ex.fps, max_frames=ex.max_frames, short_side=short_side,
-                      window=ex.window if needs_windows else None, stride=ex.window_stride)
+                      window=ex.window if enc.needs_windows else None, stride=ex.window_stride)
         for v in plan.videos
     ]
     by_id = {v.video_id: v for v in plan.videos}
     decoded = counting(progress, len(requests), "videos decoded")
-    pool = get_decode_pool(ex.decode_workers, ex.decode_timeout_s)
-    for n, (request, result) in enumerate(pool.imap(requests, prefetch=ex.prefetch_videos), 1):
+    reader = get_decode_pool(ex.decode_workers, ex.decode_timeout_s).imap(requests, prefetch=ex.prefetch_videos)
+    for n, (request, result) in enumerate(reader, 1):
         video = by_id[request.key]
         if isinstance(result, DecodeFailure):
-            writer.add_failure(video.video_id, result.error)
+            assembler.leave_out(video, result.error)
             log.warning("shard %d: %s left out: %s", plan.index, video.video_id, result.error)
         else:
-            meta[video.video_id] = (video, result.duration, result.plan.times)
-            order.append(video.video_id)
-            for b in frame_batchers.values():
-                b.add(video.video_id, result.samples())
-            for b in clip_batchers.values():
-                b.add(video.video_id, result.clips())
-            write_finished(flush=False)
+            assembler.expect(video, result.duration, result.plan.times)  # the frames themselves are let go
+            mapper.add(video.video_id, result)
+            assembler.take(mapper.finished())
         decoded(n)
         if n == 1:
-            _drill_kill(plan.index)
-    write_finished(flush=True)
-    failed = writer.failed
+            kill_shard_drill(plan.index)
+    assembler.take(mapper.finished(flush=True))
+    failed = assembler.writer.failed
     if failed and ex.strict:
         raise ShardFailed(f"shard {plan.index}: {len(failed)} bad video(s) and extract.strict is true: "
                           + "; ".join(f"{k}: {v}" for k, v in failed.items()))
-    writer.commit(fp, {"frames": frames_total})
-    return ShardResult(plan.index, written, frames_total, failed, fp)
+    assembler.writer.commit(fp, {"frames": assembler.frames})
+    return ShardResult(plan.index, assembler.videos, assembler.frames, failed, fp)
 
 
 # ---- text ---------------------------------------------------------------------
@@ -365,54 +218,70 @@ def extract_text(manifest: Manifest, split: str, cfg: RunConfig, fp: str, lease_
     return len(queries)
 
 
-PRUNE_ADVICE = "rerun with --set extract.prune_shards=true (or `prune_shards: true` under `extract:` in the config)"
+class ManifestSource:
+    """Raw videos listed by a manifest (stages/manifest.py): shards of videos decoded and encoded here."""
 
+    kind = "extract"
+    needs_gpu = True
 
-@dataclass
-class ExtractionWork:
-    """What an extraction run has to do: shards and text splits not committed (intact) under their fingerprints."""
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self._manifest: Manifest | None = None
 
-    plans: list[ShardPlan]
-    fingerprints: dict[int, str]  # shard -> fingerprint
-    shards: list[ShardPlan]  # to extract
-    texts: dict[str, str]  # split -> fingerprint, to encode
-    dropped: list[int]  # shard groups beyond the manifest, removed
-    damaged: dict[int, list[str]]  # committed shards redone because their data is damaged
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:  # read once per source, when first needed
+            from stages.manifest import load_manifest
 
+            self._manifest = load_manifest(self.cfg.dataset.root)
+        return self._manifest
 
-def begin_extraction(cfg: RunConfig, manifest: Manifest, store: FeatureStore) -> ExtractionWork:
-    """Prepare the store for a run and list its work. Committed shards beyond the manifest stop the
-    run (ShardsBeyondPlan) unless extract.prune_shards; shards are checked at extract.verify."""
-    plans = plan_shards(manifest, cfg.extract.shard_size)
-    store.invalidate_consolidated()
-    dropped = store.drop_shards_from(len(plans), prune=cfg.extract.prune_shards, how_to_prune=PRUNE_ADVICE)
-    fps = {p.index: shard_fingerprint(p, cfg.extract, manifest.root) for p in plans}
-    states = store.shard_statuses(fps, verify=cfg.extract.verify)
-    todo = [p for p in plans if states[p.index].state != "committed"]
-    damaged = {i: s.problems for i, s in states.items() if s.state == "corrupt"}
-    text_fps = {s: text_fingerprint(manifest, s, cfg.extract) for s in manifest.splits()}
-    texts = {s: fp for s, fp in text_fps.items() if store.text_status(s, fp, verify=cfg.extract.verify) != "committed"}
-    return ExtractionWork(plans, fps, todo, texts, dropped, damaged)
+    def check(self) -> None:
+        self.manifest  # noqa: B018 (reading it validates it whole: ManifestError)
 
+    def splits(self) -> list[str]:
+        return self.manifest.splits()
 
-def extraction_status(cfg: RunConfig, manifest: Manifest, store: FeatureStore | None = None,
-                      verify: Level | None = "sizes") -> dict:
-    """Every shard's and text split's state under the current fingerprints (for status and artifacts);
-    committed shards are checked against their commit records at level `verify`."""
-    plans = plan_shards(manifest, cfg.extract.shard_size)
-    store = store or FeatureStore(cfg.store, mode="r")
-    states = store.shard_statuses({p.index: shard_fingerprint(p, cfg.extract, manifest.root) for p in plans}, verify)
-    shards = []
-    for p in plans:
-        shards.append({**states[p.index].as_dict(), "videos_in_manifest": len(p.videos),
-                       "first_video": p.videos[0].video_id, "last_video": p.videos[-1].video_id})
-    reports = {split: store.text_report(split, text_fingerprint(manifest, split, cfg.extract), verify)
-               for split in manifest.splits()}
-    text = {split: r.state for split, r in reports.items()}
-    beyond = store.shards_beyond(len(plans))
-    beyond_committed = [i for i in beyond if store.committed_shard_fingerprint(i) is not None]
-    return {"store": cfg.store, "shards": shards, "text": text,
-            "text_notes": {split: r.note for split, r in reports.items() if r.note},
-            "beyond_manifest": beyond_committed,
-            "complete": all(r["state"] == "committed" for r in shards) and all(v == "committed" for v in text.values())
-            and not beyond_committed}
+    def text_features(self) -> str:
+        return token_model(self.cfg.extract)
+
+    def notices(self) -> list[str]:
+        return []
+
+    def verify(self) -> None:
+        return None
+
+    def _units(self) -> list[ShardUnit]:
+        return [ShardUnit(p.index, shard_fingerprint(p, self.cfg.extract, self.manifest.root), len(p.videos), p)
+                for p in plan_shards(self.manifest, self.cfg.extract.shard_size)]
+
+    def _text_fingerprints(self) -> dict[str, str]:
+        return {s: text_fingerprint(self.manifest, s, self.cfg.extract) for s in self.manifest.splits()}
+
+    def begin(self, store: FeatureStore) -> IngestWork:
+        """Committed shards beyond the manifest stop the run (ShardsBeyondPlan) unless
+        extract.prune_shards; shards are checked at extract.verify."""
+        ex = self.cfg.extract
+        return begin_work(store, self._units(), self._text_fingerprints(), ex.verify, ex.prune_shards)
+
+    def prepare(self, work: IngestWork) -> None:
+        if work.shards or work.texts:  # once, here: offline, every shard and retry would fail the same way
+            from stages.weights import fetch_teacher_weights
+
+            fetch_teacher_weights(self.cfg)
+
+    def run_shard(self, unit: ShardUnit, store: FeatureStore, progress: Progress | None = None) -> ShardOutcome:
+        r = extract_shard(unit.plan, self.cfg, unit.fingerprint, progress, lease_token=store.lease_token)
+        return ShardOutcome(r.index, r.videos, r.frames, r.failed)
+
+    def run_text(self, unit: TextUnit, store: FeatureStore, progress: Progress | None = None) -> int:
+        return extract_text(self.manifest, unit.split, self.cfg, unit.fingerprint, lease_token=store.lease_token)
+
+    def status(self, store: FeatureStore | None, verify: Level | None = "sizes") -> SourceStatus:
+        units = self._units()
+        return planned_status(store, {u.index: u.fingerprint for u in units},
+                              {u.index: tuple(v.video_id for v in u.plan.videos) for u in units},
+                              self._text_fingerprints(), verify, self.cfg.store)
+
+    def summary(self, work: IngestWork, status: SourceStatus) -> dict:
+        return {"shards": work.planned, "extracted": len(work.shards), "videos_left_out": status.left_out()}

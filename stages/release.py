@@ -22,8 +22,11 @@ from typing import Callable
 
 import numpy as np
 
-from configs.schema import RunConfig
+from configs.schema import RunConfig, default_teacher
 from prvr.errors import UserError
+from stages.ingest import (
+    PRUNE_ADVICE, IngestWork, ShardOutcome, ShardUnit, SourceStatus, TextUnit, begin_work, planned_status,
+)
 from stages.manifest import SPLITS
 from stages.progress import Progress, counting, scaled
 from stages.release_formats import (
@@ -41,7 +44,7 @@ IMPORT_VERSION = 1
 DEFAULT_FEATURES = {"tvr": "i3d_resnet", "activitynet": "i3d", "charades": "i3d_rgb_lgi"}
 # DL-DKD's teacher files come from OpenAI's CLIP ViT-B/32: the key the default teacher has when
 # extracted from raw videos, so both routes fill the same store arrays.
-RELEASE_TEACHER = "vit-b-32-quickgelu-openai"
+RELEASE_TEACHER = default_teacher().key
 TEXT_BATCH = 1024
 
 
@@ -275,7 +278,7 @@ def video_rows(student: np.ndarray, teacher: np.ndarray | None, max_frames: int)
 
 
 def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureStore,
-                 progress: Progress | None = None) -> dict:
+                 progress: Progress | None = None) -> ShardOutcome:
     s = plan.settings
     big = BigFile(plan.files.features)
     tv = Hdf5Rows(plan.files.teacher_videos) if plan.has_teacher else None
@@ -299,7 +302,7 @@ def import_shard(plan: ReleasePlan, shard: ImportShard, fp: str, store: FeatureS
         if tv:
             tv.close()
     writer.commit(fp, {"frames": frames, "source": "ms-sl release", "time_unit": "feature step"})
-    return {"shard": shard.index, "videos": len(shard.videos), "frames": frames}
+    return ShardOutcome(shard.index, len(shard.videos), frames)
 
 
 def import_text(plan: ReleasePlan, split: str, fp: str, store: FeatureStore, progress: Progress | None = None) -> int:
@@ -351,91 +354,109 @@ def record_source(plan: ReleasePlan, store: FeatureStore) -> None:
         store.set_split_alias(alias, plan.aliases.get(alias))
 
 
-def import_status(plan: ReleasePlan, store: FeatureStore | None, verify: Level | None = "sizes") -> dict:
-    """Every shard's and text split's state under the current fingerprints (extraction_status's shape);
-    committed shards checked against their commit records at level `verify`."""
-    states = {} if store is None else store.shard_statuses(
-        {sh.index: shard_fingerprint(plan, sh) for sh in plan.shards}, verify)
-    shards = []
-    for sh in plan.shards:
-        row = {"shard": sh.index, "state": "missing", "committed_at": None, "videos": 0, "failed_videos": {},
-               "error": None, "note": "no store yet" if store is None else None, "problems": []}
-        if store is not None:
-            row.update(states[sh.index].as_dict())
-        row.update({"videos_in_manifest": len(sh.videos), "first_video": sh.videos[0][0],
-                    "last_video": sh.videos[-1][0]})
-        shards.append(row)
-    reports = {} if store is None else {split: store.text_report(split, text_fingerprint(plan, split), verify)
-                                        for split in plan.splits}
-    text = {split: reports[split].state if store is not None else "missing" for split in plan.splits}
-    aliases_ok = store is not None and all(store.resolve_split(a) == t for a, t in plan.aliases.items())
-    beyond = [] if store is None else [i for i in store.shards_beyond(len(plan.shards))
-                                       if store.committed_shard_fingerprint(i) is not None]
-    return {"store": None if store is None else store.location, "source": "ms-sl release", "shards": shards,
-            "text": text, "text_notes": {s: r.note for s, r in reports.items() if r.note},
-            "beyond_manifest": beyond, "aliases": plan.aliases,
-            "teacher": plan.settings.teacher if plan.has_teacher else None,
-            "complete": aliases_ok and all(r["state"] == "committed" for r in shards)
-            and all(v == "committed" for v in text.values()) and not beyond}
+class ReleaseSource:
+    """A published MS-SL / DL-DKD feature release: shards of videos copied from its feature files."""
+
+    kind = "import"
+    needs_gpu = False
+
+    def __init__(self, text: str, read_plan: Callable[[], ReleasePlan], location: str | None = None,
+                 prune: bool = False, verify: Level = "sizes", how_to_prune: str = PRUNE_ADVICE):
+        self.text = text
+        self._read_plan = read_plan
+        self.location = location
+        self.prune, self.verify_level, self.how_to_prune = prune, verify, how_to_prune
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> ReleaseSource:
+        # The plan is read when first needed (training and search read only the store, wherever they
+        # run) and once per process while its files are unchanged.
+        return cls(cfg.dataset.release.text, lambda: cached_plan(ImportSettings.from_config(cfg)), cfg.store,
+                   prune=cfg.extract.prune_shards, verify=cfg.extract.verify)
+
+    @classmethod
+    def of_plan(cls, plan: ReleasePlan, location: str | None = None, **options) -> ReleaseSource:
+        return cls(plan.settings.text, lambda: plan, location, **options)
+
+    @property
+    def plan(self) -> ReleasePlan:
+        return self._read_plan()
+
+    def check(self) -> None:
+        self.plan  # noqa: B018 (reading the plan validates the release: ReleaseError / ReleaseFormatError)
+
+    def splits(self) -> list[str]:
+        return self.plan.splits
+
+    def text_features(self) -> str:
+        return self.text
+
+    def notices(self) -> list[str]:
+        return [] if self.plan.has_teacher else [no_teacher_advice(self.plan.files)]
+
+    def verify(self) -> None:
+        verify_features(self.plan)
+
+    def _units(self) -> list[ShardUnit]:
+        return [ShardUnit(sh.index, shard_fingerprint(self.plan, sh), len(sh.videos), sh) for sh in self.plan.shards]
+
+    def _text_fingerprints(self) -> dict[str, str]:
+        return {split: text_fingerprint(self.plan, split) for split in self.plan.splits}
+
+    def begin(self, store: FeatureStore) -> IngestWork:
+        """Also records the source and which split names repeat others."""
+        work = begin_work(store, self._units(), self._text_fingerprints(), self.verify_level, self.prune,
+                          self.how_to_prune)
+        record_source(self.plan, store)
+        return work
+
+    def prepare(self, work: IngestWork) -> None:
+        return None
+
+    def run_shard(self, unit: ShardUnit, store: FeatureStore, progress: Progress | None = None) -> ShardOutcome:
+        return import_shard(self.plan, unit.plan, unit.fingerprint, store, progress)
+
+    def run_text(self, unit: TextUnit, store: FeatureStore, progress: Progress | None = None) -> int:
+        return import_text(self.plan, unit.split, unit.fingerprint, store, progress)
+
+    def status(self, store: FeatureStore | None, verify: Level | None = "sizes") -> SourceStatus:
+        units = self._units()
+        details = {"source": "ms-sl release", "aliases": self.plan.aliases,
+                   "teacher": self.plan.settings.teacher if self.plan.has_teacher else None}
+        return planned_status(store, {u.index: u.fingerprint for u in units},
+                              {u.index: tuple(v for v, _ in u.plan.videos) for u in units},
+                              self._text_fingerprints(), verify, self.location, details, self.plan.aliases)
+
+    def summary(self, work: IngestWork, status: SourceStatus) -> dict:
+        return {"shards": work.planned, "imported": len(work.shards), "text_imported": [t.split for t in work.texts],
+                "teacher": status.details["teacher"], "aliases": self.plan.aliases}
 
 
-@dataclass
-class ImportWork:
-    """What an import run has to do: shards and text splits not committed under their fingerprints."""
-
-    shards: list[tuple[ImportShard, str]]  # (shard, fingerprint)
-    texts: list[tuple[str, str]]  # (split, fingerprint)
-    dropped: list[int]  # shards beyond the plan, removed
-    damaged: dict[int, list[str]]  # committed shards redone because their data is damaged
+def import_status(plan: ReleasePlan, store: FeatureStore | None, verify: Level | None = "sizes") -> SourceStatus:
+    return ReleaseSource.of_plan(plan).status(store, verify)
 
 
-# The plan shrinks when the release holds fewer videos, or dataset.release.shard_size grew.
-PRUNE_ADVICE = "rerun with --set extract.prune_shards=true (or `prune_shards: true` under `extract:` in the config)"
-
-
-def begin_import(plan: ReleasePlan, store: FeatureStore, prune: bool = False, verify: Level = "sizes",
-                 how_to_prune: str = PRUNE_ADVICE) -> ImportWork:
-    """Prepare the store for an import run (source recorded, shards beyond the plan dropped when
-    they hold no committed work or `prune` says so) and list the work; shards checked at `verify`."""
-    store.invalidate_consolidated()
-    dropped = store.drop_shards_from(len(plan.shards), prune=prune, how_to_prune=how_to_prune)
-    record_source(plan, store)
-    fps = {sh.index: shard_fingerprint(plan, sh) for sh in plan.shards}
-    states = store.shard_statuses(fps, verify)
-    shards = [(sh, fps[sh.index]) for sh in plan.shards if states[sh.index].state != "committed"]
-    texts = [(split, fp) for split in plan.splits
-             if store.text_status(split, fp := text_fingerprint(plan, split), verify) != "committed"]
-    damaged = {i: s.problems for i, s in states.items() if s.state == "corrupt"}
-    return ImportWork(shards, texts, dropped, damaged)
-
-
-def run_import(plan: ReleasePlan, location: str, on_shard: Callable[[dict], None] | None = None,
+def run_import(plan: ReleasePlan, location: str, on_shard: Callable[[ShardOutcome], None] | None = None,
                progress: Progress | None = None, prune: bool = False, verify: Level = "sizes") -> dict:
     """Import everything not yet committed, in this process (the CLI route; the flow runs tasks),
     holding the store's writer lease throughout."""
     from storage.lease import StoreLease
 
+    source = ReleaseSource.of_plan(plan, location, prune=prune, verify=verify, how_to_prune="rerun with --prune-shards")
     with StoreLease(location, purpose=f"prvr import ms-sl {plan.settings.collection}") as lease:
-        return _run_import(plan, FeatureStore(location, mode="a", lease_token=lease.token), on_shard, progress,
-                           prune, verify)
-
-
-def _run_import(plan: ReleasePlan, store: FeatureStore, on_shard: Callable[[dict], None] | None,
-                progress: Progress | None, prune: bool, verify: Level) -> dict:
-    work = begin_import(plan, store, prune=prune, verify=verify,
-                        how_to_prune="rerun with --prune-shards")
-    # One progress over every shard to import, each its share by videos.
-    total, before = max(1, sum(len(shard.videos) for shard, _ in work.shards)), 0
-    for shard, fp in work.shards:
-        share = scaled(progress, before / total, (before + len(shard.videos)) / total)
-        before += len(shard.videos)
-        result = import_shard(plan, shard, fp, store, share)
-        if on_shard:
-            on_shard(result)
-    for split, fp in work.texts:
-        import_text(plan, split, fp, store)
-    store.consolidate()
-    status = import_status(plan, store)
-    return {"shards": len(plan.shards), "imported": [sh.index for sh, _ in work.shards], "dropped": work.dropped,
-            "text_imported": [split for split, _ in work.texts], "complete": status["complete"],
-            "teacher": status["teacher"], "aliases": plan.aliases}
+        store = FeatureStore(location, mode="a", lease_token=lease.token)
+        work = source.begin(store)
+        # One progress over every shard to import, each its share by videos.
+        total, before = max(1, sum(u.videos for u in work.shards)), 0
+        for unit in work.shards:
+            outcome = source.run_shard(unit, store, scaled(progress, before / total, (before + unit.videos) / total))
+            before += unit.videos
+            if on_shard:
+                on_shard(outcome)
+        for text in work.texts:
+            source.run_text(text, store)
+        store.consolidate()
+        status = source.status(store)
+    return {"shards": work.planned, "imported": [u.index for u in work.shards], "dropped": list(work.dropped),
+            "text_imported": [t.split for t in work.texts], "complete": status.complete,
+            "teacher": status.details["teacher"], "aliases": plan.aliases}

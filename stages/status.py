@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from configs.schema import RunConfig
-from stages.sources import source_splits, source_status, stored_teachers
+from stages.sources import source_for, stored_teachers
 from storage.features import FeatureStore, StoreError
 from storage.integrity import Level
 from storage.lease import EXPIRE_S, current_lease
@@ -40,7 +40,7 @@ def lease_status(cfg: RunConfig) -> dict[str, Any] | None:
 
 
 def extract_status(cfg: RunConfig, store: FeatureStore | None, verify: Level) -> dict[str, Any]:
-    report = source_status(cfg, store, verify)
+    report = source_for(cfg).status(store, verify).as_dict()
     shards = report["shards"]
     done = sum(r["state"] == "committed" for r in shards)
     return {**report, "state": "complete" if report["complete"] else "incomplete",
@@ -57,8 +57,9 @@ def teacher_status(cfg: RunConfig, store: FeatureStore | None, extract_complete:
     cache = TeacherCache(store)
     teachers = stored_teachers(cfg, store)
     caches = []
+    splits = source_for(cfg).splits()
     for key in teachers:
-        for split in source_splits(cfg):
+        for split in splits:
             try:
                 state = cache.status(key, split, teacher_cache_fingerprint(cfg, store, key, split))
             except StoreError as e:  # its inputs are not in the store yet

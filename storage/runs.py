@@ -48,26 +48,42 @@ class RunPaths:
         return self
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temporary file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+def write_temp(path: Path, data: bytes, suffix: str = ".tmp") -> Path:
+    """`data` in a temporary file beside `path`, flushed to disk; the caller renames it into place
+    (os.replace, then sync_folder) or removes it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # os.open with 0o666 honours the umask (tempfile.mkstemp would leave the file 0600).
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}{suffix}")
     descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    return temp
+
+
+def sync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temporary file in the same folder, fsync, rename: readers see the old or the new file, never half."""
+    temp = write_temp(path, data)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    sync_folder(path.parent)
 
 
 def write_history(paths: RunPaths, history: list[dict]) -> None:

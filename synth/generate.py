@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
 import shutil
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from prvr.errors import UserError
 from stages.manifest import QUERIES_FILE, SPLITS, VIDEOS_FILE, load_manifest
 from stages.progress import Progress, counting
+from storage.runs import write_atomic
 from synth.captions import query_text
 from synth.presets import get_preset
 from synth.render import render_video
@@ -64,12 +64,6 @@ class WorldSummary:
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -150,12 +144,12 @@ def generate_world(
     video_rows, query_rows = manifest_rows(scenes)
     write_scenes(scenes, out / f".{SCENES_FILE}.partial")
     (out / f".{SCENES_FILE}.partial").replace(out / SCENES_FILE)
-    _write_atomic(out / WORLD_FILE, json.dumps(
+    write_atomic(out / WORLD_FILE, json.dumps(
         {"generator_version": GENERATOR_VERSION, "seed": seed, "videos": videos, "preset": spec.to_dict()},
         indent=2, sort_keys=True,
-    ) + "\n")
-    _write_atomic(out / QUERIES_FILE, _jsonl(query_rows))
-    _write_atomic(out / VIDEOS_FILE, _jsonl(video_rows))
+    ).encode("utf-8") + b"\n")
+    write_atomic(out / QUERIES_FILE, _jsonl(query_rows).encode("utf-8"))
+    write_atomic(out / VIDEOS_FILE, _jsonl(video_rows).encode("utf-8"))
     load_manifest(out)  # our own output must pass the same validation users' data does
 
     actions: dict[str, int] = {}

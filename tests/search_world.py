@@ -21,7 +21,7 @@ from pathlib import Path
 
 from configs.schema import RunConfig, load_config
 from stages import train as tr
-from stages.sources import source_splits
+from stages.sources import source_for
 from stages.teacher import build_teacher_cache
 from tests.test_extract import run_all_shards
 from synth.test_cards import run_ffmpeg
@@ -85,7 +85,7 @@ def write_config(folder: Path, root: Path, name: str = "colours", **train) -> Pa
 
 def extract_and_train(cfg: RunConfig) -> None:
     run_all_shards(cfg)
-    for split in source_splits(cfg):
+    for split in source_for(cfg).splits():
         for teacher in cfg.extract.teacher:
             build_teacher_cache(cfg, teacher.key, split)
     tr.train(cfg)

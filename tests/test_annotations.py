@@ -326,7 +326,7 @@ def test_tvr_problems_are_collected_with_file_and_line(tmp_path):
     ])
     jsonl(ann / "tvr_val_release.jsonl", [{"desc_id": 7, "desc": "x", "vid_name": "a", "ts": [0, 1], "duration": 5}])
     with pytest.raises(an.AnnotationError) as e:
-        an.parse_release("tvr", an.release_files("tvr", ann)[0])
+        an.parse_annotations("tvr", an.annotation_files("tvr", ann)[0])
     msg = str(e.value)
     assert "6 problem(s)" in msg
     for expected in ("tvr_train_release.jsonl:2: not valid JSON", "tvr_train_release.jsonl:3: missing key(s) ['desc']",
@@ -345,7 +345,7 @@ def test_activitynet_problems_name_the_file_and_video(tmp_path):
     })
     (ann / "val_1.json").write_text('{"v_x": {"duration": 3,\n "timestamps": [[0, 1]] "sentences": ["a"]}}')
     with pytest.raises(an.AnnotationError) as e:
-        an.parse_release("activitynet", an.release_files("activitynet", ann)[0])
+        an.parse_annotations("activitynet", an.annotation_files("activitynet", ann)[0])
     msg = str(e.value)
     assert "train.json: video 'v_backwards' sentence 1: moment start 6 is after its end 2" in msg
     assert "train.json: video 'v_nodur': missing key(s) ['duration']" in msg
@@ -359,7 +359,7 @@ def test_charades_problems_name_the_file_and_line(tmp_path):
                                            "3MSZA 1.0 abc##a time that is no number", "3MSZA 5 2##backwards",
                                            "3MSZA 1 2##", ""])
     with pytest.raises(an.AnnotationError) as e:
-        an.parse_release("charades", an.release_files("charades", ann)[0])
+        an.parse_annotations("charades", an.annotation_files("charades", ann)[0])
     msg = str(e.value)
     assert "4 problem(s)" in msg
     assert "charades_sta_train.txt:2: expected `<video_id> <start> <end>##<sentence>`" in msg
@@ -372,10 +372,10 @@ def test_byte_order_marks_are_ignored_and_binary_files_reported(tmp_path):
     ann = tmp_path / "ann"
     ann.mkdir()
     (ann / "charades_sta_test.txt").write_bytes("BW4QG 1 2##a sentence\n".encode("utf-8-sig"))
-    assert an.parse_release("charades", an.release_files("charades", ann)[0]).queries[0].query_id == "BW4QG#0"
+    assert an.parse_annotations("charades", an.annotation_files("charades", ann)[0]).queries[0].query_id == "BW4QG#0"
     (ann / "charades_sta_train.txt").write_bytes(bytes(range(128, 256)))
     with pytest.raises(an.AnnotationError, match=r"charades_sta_train.txt:1: not UTF-8 \(byte 0x80 in column 1\)"):
-        an.parse_release("charades", an.release_files("charades", ann)[0])
+        an.parse_annotations("charades", an.annotation_files("charades", ann)[0])
 
 
 def test_lines_that_are_not_utf8_are_reported_with_their_line(tmp_path):
@@ -390,7 +390,7 @@ def test_lines_that_are_not_utf8_are_reported_with_their_line(tmp_path):
     (anet / "train.json").write_bytes(text.encode("latin-1"))
     for dataset, folder, where in [("tvr", ann, "tvr_val_release.jsonl:3"), ("activitynet", anet, f"train.json:{line}")]:
         with pytest.raises(an.AnnotationError, match=rf"{where}: not UTF-8 \(byte 0x") as e:
-            an.parse_release(dataset, an.release_files(dataset, folder)[0])
+            an.parse_annotations(dataset, an.annotation_files(dataset, folder)[0])
         assert "Traceback" not in str(e.value)
 
 
@@ -398,7 +398,7 @@ def test_the_problem_list_is_capped(tmp_path):
     ann = tmp_path / "ann"
     jsonl(ann / "charades_sta_train.txt", [f"V{i} x 1##bad" for i in range(80)])
     with pytest.raises(an.AnnotationError) as e:
-        an.parse_release("charades", an.release_files("charades", ann)[0])
+        an.parse_annotations("charades", an.annotation_files("charades", ann)[0])
     assert "80 problem(s)" in str(e.value) and "... and 30 more" in str(e.value)
     assert str(e.value).count("\n  - ") == an.MAX_LISTED
 
@@ -406,15 +406,15 @@ def test_the_problem_list_is_capped(tmp_path):
 def test_unknown_or_absent_release_files(tmp_path):
     (tmp_path / "val.json").write_text("{}")
     with pytest.raises(an.AnnotationError, match="unknown file name 'val.json' for activitynet"):
-        an.release_files("activitynet", tmp_path / "val.json")
+        an.annotation_files("activitynet", tmp_path / "val.json")
     with pytest.raises(an.AnnotationError, match="none of the tvr release files"):
-        an.release_files("tvr", tmp_path)
+        an.annotation_files("tvr", tmp_path)
     with pytest.raises(an.AnnotationError, match="no such file or folder"):
-        an.release_files("tvr", tmp_path / "nope")
+        an.annotation_files("tvr", tmp_path / "nope")
     jsonl(tmp_path / "tvr" / "tvr_test_public_release.jsonl", [{"desc_id": 1}])
     with pytest.raises(an.AnnotationError, match="nothing to import"):
-        an.release_files("tvr", tmp_path / "tvr")
-    files, notes = an.release_files("activitynet", anet_release(tmp_path / "anet"))
+        an.annotation_files("tvr", tmp_path / "tvr")
+    files, notes = an.annotation_files("activitynet", anet_release(tmp_path / "anet"))
     assert [(f.path.name, f.split) for f in files] == [("train.json", "train"), ("val_1.json", "test")]
     assert len(notes) == 1 and "val_2.json" in notes[0]
 

@@ -40,9 +40,8 @@ def test_user_errors_exit_2_with_their_message_and_bugs_keep_their_traceback(tmp
 
 def test_every_user_facing_error_is_a_user_error_and_keeps_its_old_base():
     from configs.schema import ConfigError
-    from flows.extract import ExtractionIncomplete
+    from flows.ingest import IngestIncomplete
     from flows.model import StoreIncomplete
-    from flows.release import ImportIncomplete
     from prvr.errors import UsageError, UserError
     from prvr.ui_snapshots import BrowserMissing
     from stages.annotations import AnnotationError
@@ -61,8 +60,8 @@ def test_every_user_facing_error_is_a_user_error_and_keeps_its_old_base():
                  ReleaseFormatError: ValueError, AnnotationError: ValueError, QueryError: ValueError,
                  WeightsUnavailable: ValueError, UsageError: ValueError, StoreError: RuntimeError,
                  SearchIndexError: RuntimeError, CheckpointError: RuntimeError, StoreBusy: RuntimeError,
-                 LeaseLost: RuntimeError, StoreIncomplete: RuntimeError, ExtractionIncomplete: RuntimeError,
-                 ImportIncomplete: RuntimeError, BrowserMissing: RuntimeError, WorldExists: FileExistsError,
+                 LeaseLost: RuntimeError, StoreIncomplete: RuntimeError, IngestIncomplete: RuntimeError,
+                 BrowserMissing: RuntimeError, WorldExists: FileExistsError,
                  WorldMissing: FileNotFoundError}
     for error, base in old_bases.items():
         assert issubclass(error, UserError) and issubclass(error, base), error

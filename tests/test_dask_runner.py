@@ -142,11 +142,11 @@ def make_config(tmp: Path, root: Path, store: str, **runner) -> RunConfig:
 @pytest.fixture(scope="module")
 def threads_store(dataset, tmp_path_factory, prefect_server) -> RunConfig:
     """The reference: the same extraction on the default threads runner, in this process."""
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
 
     tmp = tmp_path_factory.mktemp("threads")
     cfg = make_config(tmp, dataset, str(tmp / "s.zarr"))
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed(), state.message
     return cfg
 
@@ -208,12 +208,12 @@ def pid_of(event: dict) -> int:
 
 @pytest.mark.slow
 def test_dask_runner_extracts_what_threads_extract(dataset, threads_store, cluster, tmp_path):
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
 
     _, client = cluster
     cfg = make_config(tmp_path, dataset, str(tmp_path / "s.zarr"), kind="dask", address=cluster[0].scheduler_address)
     pids = worker_pids(client)
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed(), state.message
     runs = task_runs(state.state_details.flow_run_id)
     assert {name: final for name, (final, _) in runs.items()} == {
@@ -233,21 +233,21 @@ def test_dask_runner_extracts_what_threads_extract(dataset, threads_store, clust
     # Each worker loaded its model once and kept one decoder pool for all its tasks.
     def loaded() -> tuple[int, bool]:
         from models.clip import _encoder_cache
-        from stages import decode
+        from stages.decode import pool as decode
 
         return len(_encoder_cache), decode._shared_pool is not None and not decode._shared_pool.closed
 
     assert set(client.run(loaded).values()) <= {(1, True), (0, False)}  # (0, False): a worker given no task
 
     # A rerun finds every shard committed and submits nothing.
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed() and task_runs(state.state_details.flow_run_id) == {}
 
 
 @pytest.mark.slow
 def test_a_worker_killed_mid_shard_loses_nothing_and_commits_once(dataset, threads_store, cluster, tmp_path):
-    from flows.extract import extract_flow_for
-    from stages.extract import KILL_DRILL_ENV, KILL_ONCE_ENV
+    from flows.ingest import ingest_flow_for
+    from stages.drills import KILL_DRILL_ENV, KILL_ONCE_ENV
 
     _, client = cluster
     markers = tmp_path / "markers"
@@ -257,7 +257,7 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_commits_once(dataset, threa
     try:
         cfg = make_config(tmp_path, dataset, str(tmp_path / "s.zarr"), kind="dask",
                           address=cluster[0].scheduler_address)
-        state = extract_flow_for(cfg)(cfg, return_state=True)
+        state = ingest_flow_for(cfg)(cfg, return_state=True)
     finally:
         client.run(lambda: [os.environ.pop(k, None) for k in (KILL_DRILL_ENV, KILL_ONCE_ENV)])
     assert (markers / f"killed-shard-{KILLED:05d}").exists()  # the drill did fire
@@ -282,8 +282,8 @@ def test_a_worker_killed_mid_shard_loses_nothing_and_commits_once(dataset, threa
 @pytest.mark.slow
 def test_a_shard_whose_workers_all_die_fails_the_flow_and_is_redone_on_rerun(dataset, threads_store, cluster,
                                                                               tmp_path):
-    from flows.extract import extract_flow_for
-    from stages.extract import KILL_DRILL_ENV
+    from flows.ingest import ingest_flow_for
+    from stages.drills import KILL_DRILL_ENV
 
     dask_cluster, client = cluster
 
@@ -297,7 +297,7 @@ def test_a_shard_whose_workers_all_die_fails_the_flow_and_is_redone_on_rerun(dat
     before = allowed_failures(0)  # Dask gives up after the first death (default: 3 re-runs)
     client.run(lambda: os.environ.update({KILL_DRILL_ENV: str(KILLED)}))  # every attempt dies
     try:
-        state = extract_flow_for(cfg)(cfg, return_state=True)
+        state = ingest_flow_for(cfg)(cfg, return_state=True)
     finally:
         allowed_failures(before)
         client.run(lambda: os.environ.pop(KILL_DRILL_ENV, None))
@@ -312,7 +312,7 @@ def test_a_shard_whose_workers_all_die_fails_the_flow_and_is_redone_on_rerun(dat
     store = FeatureStore(cfg.store)
     undone = {f"extract-shard-{i:05d}" for i in range(SHARDS) if store.shard_status(i, None).state != "committed"}
     undone |= {f"extract-text-{s}" for s in ("train", "test") if store.text_status(s, None) != "committed"}
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed(), state.message
     assert set(task_runs(state.state_details.flow_run_id)) == undone  # exactly what was missing
     events = [e["event"] for e in FeatureStore(cfg.store).shard_history(KILLED)]
@@ -322,14 +322,14 @@ def test_a_shard_whose_workers_all_die_fails_the_flow_and_is_redone_on_rerun(dat
 
 @pytest.mark.slow
 def test_teacher_cache_on_the_cluster_equals_the_local_one(dataset, threads_store, cluster, tmp_path):
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
     from flows.model import teacher_flow
     from stages.teacher import build_teacher_cache, teacher_keys
     from storage.teacher_cache import TeacherCache
 
     _, client = cluster
     cfg = make_config(tmp_path, dataset, str(tmp_path / "s.zarr"), kind="dask", address=cluster[0].scheduler_address)
-    assert extract_flow_for(cfg)(cfg, return_state=True).is_completed()
+    assert ingest_flow_for(cfg)(cfg, return_state=True).is_completed()
     before = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
 
     results = teacher_flow(cfg)
@@ -355,13 +355,13 @@ def assert_same_cache(theirs, ours, key: str, split: str) -> None:
 
 @pytest.mark.slow
 def test_local_dask_runs_extraction_and_teacher_on_its_own_cluster(dataset, threads_store, tmp_path):
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
     from flows.model import teacher_flow
     from stages.teacher import build_teacher_cache
     from storage.teacher_cache import TeacherCache
 
     cfg = make_config(tmp_path, dataset, str(tmp_path / "s.zarr"), kind="local-dask", workers=2)
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed(), state.message
     store = FeatureStore(cfg.store)
     writers = {pid_of(commits_and_starts(store, i)[0][0]) for i in range(SHARDS)}

@@ -22,8 +22,6 @@ import numpy as np
 import pytest
 
 from stages.decode import (
-    HANG_DRILL_ENV,
-    CRASH_DRILL_ENV,
     DecodedVideo,
     DecodeError,
     DecodeFailure,
@@ -34,6 +32,7 @@ from stages.decode import (
     output_size,
     plan_samples,
 )
+from stages.drills import CRASH_DRILL_ENV, HANG_DRILL_ENV
 from synth.test_cards import av1_encoder, frame_gray_level, make_broken, make_video, run_ffmpeg
 
 SECONDS = 8
@@ -577,11 +576,11 @@ def test_playlists_and_concat_scripts_are_refused(tmp_path, backend):
 
 
 def test_the_ffmpeg_path_refuses_reference_demuxers_past_the_first_check(tmp_path):
-    from stages.decode import _video_stream
+    from stages.decode.ffmpeg_backend import video_stream
 
     hls = make_hls_outside(tmp_path / "root", tmp_path / "outside")
     with pytest.raises(DecodeError, match=r"a hls input, which points at other media"):
-        _video_stream(hls)  # what the ffmpeg path probes, here without the check on the first bytes
+        video_stream(hls)  # what the ffmpeg path probes, here without the check on the first bytes
 
 
 NOISE_SCRIPT = """

@@ -29,9 +29,9 @@ def task_runs_of(flow_run_id) -> dict[str, str]:
 
 
 def run_extract(cfg):
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
 
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     return state, task_runs_of(state.state_details.flow_run_id)
 
 

@@ -107,11 +107,11 @@ def test_two_teachers_of_different_input_sizes_share_a_mixed_shard(mixed_root, t
 def test_the_extract_flow_commits_a_mixed_shard(mixed_root, tmp_path):
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
 
     cfg = load_config(mixed_config(tmp_path, mixed_root, str(tmp_path / "flow.zarr")))
     with prefect_test_harness(server_startup_timeout=120):
-        state = extract_flow_for(cfg)(cfg, return_state=True)
+        state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed(), state.message
     store = FeatureStore(cfg.store)
     status = store.shard_status(0, None)

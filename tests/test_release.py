@@ -191,8 +191,8 @@ def test_an_interrupted_import_resumes_and_skips_committed_shards(tiny, tmp_path
     seen = []
 
     def crash_in_shard_two(result):
-        seen.append(result["shard"])
-        if result["shard"] == 1:
+        seen.append(result.index)
+        if result.index == 1:
             raise KeyboardInterrupt  # the user pressed Ctrl-C after shard 1 committed
 
     with pytest.raises(KeyboardInterrupt):
@@ -201,7 +201,7 @@ def test_an_interrupted_import_resumes_and_skips_committed_shards(tiny, tmp_path
     assert store.committed_shards() == [0, 1]
     first = {i: store.shard_status(i, None).committed_at for i in (0, 1)}
     status = rel.import_status(plan, store)
-    assert not status["complete"] and status["text"] == {"train": "missing", "val": "missing"}
+    assert not status.complete and status.text == {"train": "missing", "val": "missing"}
     summary = rel.run_import(plan, location)
     assert summary["imported"] == [2, 3, 4] and summary["complete"]
     store = FeatureStore(location)
@@ -248,6 +248,24 @@ def test_release_config_validation(tiny, tmp_path):
 
     with pytest.raises(ConfigError, match=r"train.visual must be \[i3d_resnet\]"):
         load_config(cfg_path, ["train.visual=[clip]"])
+
+
+def test_a_release_source_reads_the_release_only_when_asked_about_it(tiny, tmp_path):
+    # Training and search read only the store, wherever they run: a GPU worker without the
+    # release's files must still learn which token features the student reads.
+    import shutil
+
+    from stages.sources import source_for
+
+    copy = tmp_path / "release-copy"
+    shutil.copytree(tiny.root, copy)
+    cfg = load_config(write_release_config(tmp_path / "tiny.yaml", type(tiny)(**{**vars(tiny), "root": copy}),
+                                           tmp_path / "store.zarr", tmp_path / "runs"))
+    shutil.rmtree(copy)
+    source = source_for(cfg)
+    assert source.text_features() == cfg.dataset.release.text
+    with pytest.raises(rel.ReleaseError, match="no MS-SL release"):
+        source.splits()
 
 
 # ---- teacher, train and evaluate, unchanged, on the imported store --------------------------

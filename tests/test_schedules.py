@@ -13,6 +13,15 @@ def test_schedule_names() -> None:
     assert SCHEDULES == ("exponential", "linear", "sigmoid", "cosine", "constant")
 
 
+def test_every_schedule_the_config_accepts_has_a_shape() -> None:
+    from typing import get_args
+
+    from configs.schema import Schedule
+
+    for kind in get_args(Schedule):
+        assert 0.0 <= distillation_weight(kind, 3, total_epochs=10) <= 0.1
+
+
 @pytest.mark.parametrize(
     ("kind", "epoch", "shape"),
     [

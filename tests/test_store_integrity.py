@@ -46,10 +46,10 @@ def task_runs_of(flow_run_id) -> dict[str, str]:
 
 
 def run_extract(path: Path, **overrides):
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
 
     cfg = load_config(path, overrides)
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     return state, task_runs_of(state.state_details.flow_run_id)
 
 
@@ -250,7 +250,7 @@ def test_a_release_whose_plan_shrank_keeps_committed_shards_until_pruned(tmp_pat
         rel.run_import(bigger, location)
     assert refused.value.shards == shards[1:]
     assert FeatureStore(location).committed_shards() == shards
-    assert not rel.import_status(bigger, FeatureStore(location))["complete"]
+    assert not rel.import_status(bigger, FeatureStore(location)).complete
     summary = rel.run_import(bigger, location, prune=True)
     assert summary["complete"] and summary["dropped"] == shards[1:]
     assert FeatureStore(location).committed_shards() == [0]

@@ -86,9 +86,9 @@ def prefect_server():
 FIRST_RUN = """
 import sys
 from configs.schema import load_config
-from flows.extract import extract_flow_for
+from flows.ingest import ingest_flow_for
 cfg = load_config(sys.argv[1])
-extract_flow_for(cfg)(cfg)
+ingest_flow_for(cfg)(cfg)
 """
 
 
@@ -96,7 +96,7 @@ extract_flow_for(cfg)(cfg)
 def test_a_second_run_stops_naming_the_first_and_takes_over_once_it_died(prefect_server, tmp_path):
     from prefect.settings import PREFECT_API_URL
 
-    from flows.extract import extract_flow_for
+    from flows.ingest import ingest_flow_for
     from prvr.cli import app
 
     root = write_dataset(tmp_path / "ds", broken=False)
@@ -118,7 +118,7 @@ def test_a_second_run_stops_naming_the_first_and_takes_over_once_it_died(prefect
 
         path = write_config(tmp_path, root, store, shard_size=2)
         cfg = load_config(path)
-        state = extract_flow_for(cfg)(cfg, return_state=True)
+        state = ingest_flow_for(cfg)(cfg, return_state=True)
         owner = f"{socket.gethostname()}:{first.pid}"
         assert state.is_failed()
         assert f"is being written by {owner} (extract stage of run t)" in state.message, state.message
@@ -134,7 +134,7 @@ def test_a_second_run_stops_naming_the_first_and_takes_over_once_it_died(prefect
         first.wait()
 
     # Its owner is dead (same host, the pid is gone): the next run takes the lease over and finishes.
-    state = extract_flow_for(cfg)(cfg, return_state=True)
+    state = ingest_flow_for(cfg)(cfg, return_state=True)
     assert state.is_completed(), state.message
     assert [FeatureStore(store).shard_status(i, None).state for i in range(3)] == ["committed"] * 3
     assert [e["event"] for e in FeatureStore(store).shard_history(0)] == ["started", "committed"]  # kept
