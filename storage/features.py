@@ -21,73 +21,27 @@
 
 A shard or text split counts only when its commit marker holds the current fingerprint and
 what the commit wrote is still there ("corrupt" otherwise: see storage/integrity.py).
+Array names and chunking: storage/store_layout.py; the shard and text writers:
+storage/store_writers.py; reading and committing through them: FeatureStore, here.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import socket
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
 from prvr.errors import UserError
 from storage import integrity
 from storage.integrity import Level
 from storage.location import list_sizes, store_exists, zarr_store
-
-LAYOUT_VERSION = 1
-CHUNK_BYTES = 1 << 20  # chunks around 1 MB: few objects on remote stores, cheap partial reads
-_COMPRESSORS = ZstdCodec(level=3)
-HISTORY_KEEP = 50  # events kept per shard: enough to see every attempt of a run, bounded over years
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _event(kind: str, **extra: Any) -> dict[str, Any]:
-    """One line of a shard's history: what happened, when, and which process on which machine."""
-    return {"event": kind, "at": _now(), "by": f"{socket.gethostname()}:{os.getpid()}", **extra}
-
-
-# ---- array names: the store's vocabulary; callers use these instead of spelling them ----
-def teacher_array(key: str) -> str:
-    """A teacher's L2-normalised frame embeddings, per shard."""
-    return f"teacher.{key}"
-
-
-def visual_array(name: str) -> str:
-    """A student visual feature's frames, per shard."""
-    return f"visual.{name}"
-
-
-def sentence_array(key: str) -> str:
-    """A teacher's L2-normalised sentence embeddings, per text split."""
-    return f"sentence.{key}"
-
-
-def token_arrays(model: str) -> tuple[str, str]:
-    """(token features, token counts) of a text model, per text split."""
-    return f"tokens.{model}", f"token_lengths.{model}"
-
-
-def resampled_rows(n: int, t_max: int) -> np.ndarray:
-    """Rows kept when n frames are uniformly resampled to t_max (readers of any aligned data use this rule)."""
-    return np.round(np.linspace(0, n - 1, t_max)).astype(int)
-
-
-def _rows_per_chunk(row_bytes: int) -> int:
-    return max(64, CHUNK_BYTES // max(1, row_bytes))
-
+from storage.store_layout import (  # noqa: F401 (the store's vocabulary, for its readers too)
+    CHUNK_BYTES, HISTORY_KEEP, LAYOUT_VERSION, event, now, resampled_rows, sentence_array, shard_name, teacher_array,
+    token_arrays, visual_array,
+)
+from storage.store_writers import ShardWriter, TextWriter
 
 class StoreError(UserError, RuntimeError):
     """The store is missing, incomplete or does not hold what was asked for."""
@@ -234,102 +188,6 @@ def _read(group, name: str, where: str) -> np.ndarray:
     return _named(group, name, where)[...]
 
 
-class _ChunkBuffer:
-    """Appends rows to a Zarr array along axis 0 in whole chunks; `flush(final=True)` writes the rest."""
-
-    def __init__(self, array: zarr.Array):
-        self._array = array
-        self._chunk = array.chunks[0]
-        self._parts: list[np.ndarray] = []
-        self._buffered = 0
-        self._written = 0
-
-    def add(self, rows: np.ndarray) -> None:
-        self._parts.append(rows)
-        self._buffered += len(rows)
-        if self._buffered >= self._chunk:
-            self.flush(final=False)
-
-    def flush(self, final: bool) -> None:
-        if not self._buffered:
-            return
-        rows = np.concatenate(self._parts)
-        n = len(rows) if final else len(rows) // self._chunk * self._chunk
-        start, stop = self._written, self._written + n
-        self._array.resize((stop, *self._array.shape[1:]))
-        self._array[start:stop] = rows[:n]
-        self._written = stop
-        self._parts = [rows[n:]] if n < len(rows) else []
-        self._buffered = len(rows) - n
-
-
-class ShardWriter:
-    """Writes one shard group video by video; nothing counts until `commit`."""
-
-    def __init__(self, group: zarr.Group, feature_dims: dict[str, int], history: list[dict[str, Any]] | None = None,
-                 record: Callable[[str], dict] | None = None, fence: Callable[[], None] | None = None):
-        self._group = group
-        self._record = record
-        self._fence = fence
-        self._dims = dict(feature_dims)
-        self._history = list(history or [])
-        self._rows = 0
-        self._offsets = [0]
-        self._video_ids: list[str] = []
-        self._splits: list[str] = []
-        self._durations: list[float] = []
-        self._failed: dict[str, str] = {}
-        group.create_array("frame_time", shape=(0,), chunks=(_rows_per_chunk(4),), dtype="float32",
-                           compressors=_COMPRESSORS, fill_value=0.0)
-        for name, dim in self._dims.items():
-            group.create_array(name, shape=(0, dim), chunks=(_rows_per_chunk(2 * dim), dim), dtype="float16",
-                               compressors=_COMPRESSORS, fill_value=0.0)
-        # Rows wait here until they fill whole chunks: each chunk is compressed and written once,
-        # instead of once per video that touches it (5-10x faster for short videos).
-        self._buffers = {name: _ChunkBuffer(group[name]) for name in ["frame_time", *self._dims]}
-
-    def add_video(self, video_id: str, split: str, duration: float, times: np.ndarray,
-                  features: dict[str, np.ndarray]) -> None:
-        if set(features) != set(self._dims):
-            raise ValueError(f"features {sorted(features)} differ from the shard's {sorted(self._dims)}")
-        n = len(times)
-        for name, arr in features.items():
-            if arr.shape != (n, self._dims[name]):
-                raise ValueError(f"{video_id}: {name} has shape {arr.shape}, expected {(n, self._dims[name])}")
-        for name, arr in features.items():
-            self._buffers[name].add(arr.astype(np.float16))
-        self._buffers["frame_time"].add(np.asarray(times, dtype=np.float32))
-        self._rows += n
-        self._offsets.append(self._rows)
-        self._video_ids.append(video_id)
-        self._splits.append(split)
-        self._durations.append(float(duration))
-
-    def add_failure(self, video_id: str, error: str) -> None:
-        self._failed[video_id] = error
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return dict(self._failed)
-
-    def commit(self, fingerprint: str, info: dict[str, Any] | None = None) -> None:
-        for buffer in self._buffers.values():
-            buffer.flush(final=True)
-        self._group.create_array("offsets", data=np.asarray(self._offsets, dtype=np.int64), overwrite=True)
-        self._group.attrs.update({
-            "video_ids": self._video_ids, "splits": self._splits, "durations": self._durations,
-            "failed": self._failed, "fingerprint": fingerprint, "info": info or {},
-        })
-        record = self._record(self._group.path) if self._record else None
-        if self._fence:
-            self._fence()  # this run still holds the store's lease: nobody took it over while we wrote
-        # The marker goes in a second, final write: a crash before it leaves the shard uncommitted.
-        # The history and the integrity record ride in the same write, so they describe exactly this commit.
-        history = (self._history + [_event("committed", fingerprint=fingerprint)])[-HISTORY_KEEP:]
-        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}, "history": history,
-                                  "integrity": record})
-
-
 class FeatureStore:
     """Read and write the feature store at a local path or fsspec URL."""
 
@@ -344,7 +202,7 @@ class FeatureStore:
         # State checks must see the truth, never a consolidated snapshot taken earlier.
         self.root = zarr.open_group(store, mode="r" if mode == "r" else "a", use_consolidated=False)
         if mode != "r" and "layout_version" not in self.root.attrs:
-            self.root.attrs.update({"layout_version": LAYOUT_VERSION, "created_at": _now()})
+            self.root.attrs.update({"layout_version": LAYOUT_VERSION, "created_at": now()})
         self._index: dict[str, VideoLocation] | None = None
 
     # ---- integrity and the writer's lease --------------------------------------
@@ -395,7 +253,7 @@ class FeatureStore:
         """Start (or restart) a shard: any earlier partial or stale content is removed."""
         self._fence()
         videos = self.root.require_group("videos")
-        history = (self.shard_history(index) + [_event("started")])[-HISTORY_KEEP:]  # outlives the group
+        history = (self.shard_history(index) + [event("started")])[-HISTORY_KEEP:]  # outlives the group
         group = videos.create_group(shard_name(index), overwrite=True)
         group.attrs.update({"started_at": history[-1]["at"], "committed": None, "history": history})
         self._index = None
@@ -414,8 +272,8 @@ class FeatureStore:
         attrs = dict(group.attrs)
         if attrs.get("committed"):
             return
-        history = (list(attrs.get("history") or []) + [_event("failed", error=error[:300])])[-HISTORY_KEEP:]
-        group.attrs.update({"last_error": {"at": _now(), "error": error[:2000]}, "history": history})
+        history = (list(attrs.get("history") or []) + [event("failed", error=error[:300])])[-HISTORY_KEEP:]
+        group.attrs.update({"last_error": {"at": now(), "error": error[:2000]}, "history": history})
 
     def shard_status(self, index: int, fingerprint: str | None, verify: Level | None = "sizes") -> ShardStatus:
         """A shard's state; `verify` also compares a committed shard's objects with its commit's record."""
@@ -679,7 +537,7 @@ class FeatureStore:
 
     def invalidate_consolidated(self) -> None:
         """Drop the root's consolidated snapshot before writing, so no reader sees stale metadata."""
-        self.root.attrs.update({"modified_at": _now()})
+        self.root.attrs.update({"modified_at": now()})
 
     def commit_fingerprints(self) -> dict[str, str]:
         """The fingerprint of every committed shard and text split: the identity of the store's data."""
@@ -715,29 +573,3 @@ class FeatureStore:
         text = self.text(split)
         arr = _named(text.group, sentence_array(teacher), text.where)
         return da.from_array(arr, chunks=(max(1, rows_per_block), arr.shape[1]))
-
-
-class TextWriter:
-    """Writes a split's text arrays batch by batch; `commit` marks it complete."""
-
-    def __init__(self, group: zarr.Group, n_queries: int, arrays: dict[str, tuple[int, ...]],
-                 record: Callable[[str], dict] | None = None, fence: Callable[[], None] | None = None):
-        self._group = group
-        self._record = record
-        self._fence = fence
-        for name, tail in arrays.items():
-            dtype = "int32" if name.startswith("token_lengths.") else "float16"
-            row_bytes = int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize
-            group.create_array(name, shape=(n_queries, *tail), chunks=(min(max(1, n_queries), _rows_per_chunk(row_bytes)), *tail),
-                               dtype=dtype, compressors=_COMPRESSORS, fill_value=0)
-
-    def write(self, name: str, start: int, values: np.ndarray) -> None:
-        arr = self._group[name]
-        arr[start:start + len(values)] = values.astype(arr.dtype)
-
-    def commit(self, fingerprint: str) -> None:
-        self._group.attrs.update({"fingerprint": fingerprint})
-        record = self._record(self._group.path) if self._record else None
-        if self._fence:
-            self._fence()
-        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": fingerprint}, "integrity": record})

@@ -17,21 +17,15 @@ The marker sits on the group, not on one array: it vouches for all its arrays to
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
 
-from storage.features import CHUNK_BYTES, FeatureStore, StoreError
+from storage.features import FeatureStore, StoreError
+from storage.store_layout import CHUNK_BYTES, COMPRESSORS, now
 
-_COMPRESSORS = ZstdCodec(level=3)
 _ITEM = np.dtype(np.float16).itemsize
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def video_sim_chunks(n_queries: int, n_videos: int, query_block: int) -> tuple[int, int]:
@@ -90,7 +84,7 @@ class TeacherCacheWriter:
             raise ValueError(f"offsets must rise from 0 to {len(flat)} over {n_queries} queries")
         chunk = max(1, min(len(flat), CHUNK_BYTES // _ITEM))
         self._group.create_array("positive_frames", shape=(len(flat),), chunks=(chunk,), dtype="float16",
-                                 compressors=_COMPRESSORS, fill_value=0.0, overwrite=True)
+                                 compressors=COMPRESSORS, fill_value=0.0, overwrite=True)
         if len(flat):
             self._group["positive_frames"][...] = np.asarray(flat, dtype=np.float16)
         self._group.create_array("positive_offsets", data=offsets, overwrite=True)
@@ -101,7 +95,7 @@ class TeacherCacheWriter:
             raise StoreError(f"{self._group.path}: positive frames were never written; refusing to commit")
         self._group.attrs.update({"fingerprint": self._fingerprint, "stats": stats or {}})
         # The marker goes in a second, final write: a crash before it leaves the cache uncommitted.
-        self._group.attrs.update({"committed": {"at": _now(), "fingerprint": self._fingerprint}})
+        self._group.attrs.update({"committed": {"at": now(), "fingerprint": self._fingerprint}})
 
 
 class TeacherCache:
@@ -187,5 +181,5 @@ class TeacherCache:
             return TeacherCacheWriter(group, fingerprint, chunks)
         # NaN fill: a chunk never written reads as NaN, not as a plausible score.
         group.create_array("video_sim", shape=(len(query_ids), len(video_ids)), chunks=chunks, dtype="float16",
-                           compressors=_COMPRESSORS, fill_value=np.nan)
+                           compressors=COMPRESSORS, fill_value=np.nan)
         return TeacherCacheWriter(group, fingerprint, chunks)
