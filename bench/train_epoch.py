@@ -2,7 +2,11 @@
   split:  each batch padded to the split's longest video and query (prvr before 2026-12-01);
   batch:  padded to the batch's own longest (2026-12-01);
   packed: batch padding, and only valid frames and tokens through the input projection
-          (models.student.InputProjection.packed, 2026-12-02: today's training).
+          (models.student.InputProjection.packed, 2026-12-02);
+  lanes:  packed, and dropout masks from 16-bit lanes of 64-bit random words instead of
+          PyTorch's Bernoulli sampler on CPU (models.dropout.Dropout.lanes, 2026-12-03: today's
+          training). A different random stream, so its loss differs by the dropout draws alone:
+          with --set train.dropout=0 all four losses agree.
 
 Usage: python bench/train_epoch.py configs/demo.yaml [--repeats 2]
 Needs the config's store and teacher caches (run the pipeline's extract and teacher stages first).
@@ -29,6 +33,7 @@ from configs.schema import load_config  # noqa: E402
 def main() -> None:
     args = epoch_arguments(__doc__).parse_args()
 
+    from models.dropout import Dropout
     from models.student import DLDKDStudent, InputProjection
     from stages.data import load_split
     from stages.train import distilled_teachers, student_config
@@ -43,11 +48,12 @@ def main() -> None:
     batches = epoch_batches(len(data.video_ids), t.batch_videos, args.max_batches)
 
     def epoch(variant: str) -> tuple[float, float]:
-        InputProjection.packed = variant == "packed"
+        InputProjection.packed = variant in ("packed", "lanes")
+        Dropout.lanes = variant == "lanes"
         made = (data.batch(rows, pad_to_batch=variant != "split") for rows in batches)
         return timed_epoch(initial, made, t, teachers)
 
-    variants = ("split", "batch", "packed")
+    variants = ("split", "batch", "packed", "lanes")
     seconds = {v: [] for v in variants}
     losses = {}
     for _ in range(args.repeats):
@@ -55,13 +61,15 @@ def main() -> None:
             s, loss = epoch(variant)
             seconds[variant].append(round(s, 2))
             losses[variant] = loss
-    InputProjection.packed = True
+    InputProjection.packed = Dropout.lanes = True
     median = {v: statistics.median(seconds[v]) for v in variants}
     print(json.dumps({"config": cfg.name, "videos": len(data.video_ids), "batches": len(batches), "batch_videos": t.batch_videos,
                       "epoch_seconds": seconds,
                       "speedup_batch_vs_split": round(median["split"] / median["batch"], 2),
                       "speedup_packed_vs_batch": round(median["batch"] / median["packed"], 2),
                       "speedup_packed_vs_split": round(median["split"] / median["packed"], 2),
+                      "speedup_lanes_vs_packed": round(median["packed"] / median["lanes"], 2),
+                      "speedup_lanes_vs_split": round(median["split"] / median["lanes"], 2),
                       "epoch_loss_sum": {k: round(v, 4) for k, v in losses.items()},
                       "threads": torch.get_num_threads()}))
 

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.dropout import Dropout
+
 _NORM_EPS = 1e-12  # F.normalize's default; zero vectors get cosine 0 instead of NaN
 
 BRANCHES: tuple[str, ...] = ("inheritance", "exploration")
@@ -61,13 +63,6 @@ def _fill_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
-def dropout_noise(shape: torch.Size, dtype: torch.dtype, device: torch.device, p: float) -> Tensor:
-    """The noise nn.Dropout multiplies by on CPU, drawn as it draws it (bernoulli(1 - p), then / (1 - p)),
-    for a tensor of this shape: taking some rows of it afterwards leaves the random stream and the
-    kept rows' noise exactly as the dropout of the whole tensor has them."""
-    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - p).div_(1 - p)
-
-
 class InputProjection(nn.Module):
     """LayerNorm -> dropout -> Linear(in, hidden) -> ReLU, applied per frame / token.
 
@@ -82,18 +77,15 @@ class InputProjection(nn.Module):
     def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear = nn.Linear(in_dim, hidden)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None or not self.packed or not self.training:
             return F.relu(self.linear(self.dropout(self.norm(x))))
-        rows = self.norm(x[mask])  # (valid rows, in_dim)
-        p = self.dropout.p
-        if self.training and p > 0:
-            # Noise for the whole padded tensor, as the unpacked dropout draws it: the same random
-            # stream, hence the same later draws, and the same mask on every valid row.
-            rows = rows * dropout_noise(x.shape, rows.dtype, x.device, p)[mask]
+        # the dropout mask of the whole padded tensor, as the unpacked path draws it: the same mask on
+        # every valid row and the same random stream afterwards
+        rows = self.dropout.rows_of(self.norm(x[mask]), x.shape, mask)  # (valid rows, in_dim)
         projected = F.relu(self.linear(rows))
         out = projected.new_zeros((*mask.shape, projected.shape[-1]))
         out[mask] = projected
@@ -107,7 +99,7 @@ class LearnedPositions(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(max_len, hidden)
         self.norm = nn.LayerNorm(hidden)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         length = x.shape[1]
@@ -125,9 +117,9 @@ class AttentionBlock(nn.Module):
         self.heads = heads
         self.head_dim = hidden // heads
         self.query_key_value = nn.Linear(hidden, 3 * hidden)  # one matmul for the three projections
-        self.attention_dropout = dropout
+        self.attention_dropout = Dropout(dropout)
         self.output = nn.Linear(hidden, hidden)
-        self.output_dropout = nn.Dropout(dropout)
+        self.output_dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -139,9 +131,22 @@ class AttentionBlock(nn.Module):
         # sequence with no valid key stays finite instead of NaN. Built in q's dtype so that under
         # autocast the minimum is fp16's, not float32's (which would cast to -inf).
         key_bias = torch.zeros(mask.shape, dtype=q.dtype, device=x.device).masked_fill(~mask, _fill_value(q.dtype))
-        attended = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_bias[:, None, None, :], dropout_p=self.attention_dropout if self.training else 0.0
-        )
+        key_bias = key_bias[:, None, None, :]
+        dropout = self.attention_dropout
+        if self.training and dropout.p > 0 and dropout.uses_lanes(x):
+            # SDPA's CPU kernel falls back to its math path when it drops out weights, and draws the
+            # mask with the slow Bernoulli sampler; the same computation, written out, with a lane mask
+            weights = torch.baddbmm(
+                key_bias.expand(n, self.heads, length, length).reshape(n * self.heads, length, length),
+                q.reshape(n * self.heads, length, self.head_dim),
+                k.reshape(n * self.heads, length, self.head_dim).transpose(1, 2),
+                alpha=self.head_dim**-0.5,
+            ).softmax(dim=-1)
+            attended = torch.bmm(dropout(weights), v.reshape(n * self.heads, length, self.head_dim))
+            attended = attended.view(n, self.heads, length, self.head_dim)
+        else:
+            # evaluation (and CUDA) keep SDPA: evaluation, the index and a searched sentence must score alike
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout.p if self.training else 0.0)
         attended = attended.transpose(1, 2).reshape(n, length, hidden)
         return self.norm(x + self.output_dropout(self.output(attended)))
 
