@@ -223,14 +223,14 @@ def main() -> None:
         say("end to end (shards into a Zarr store)")
         e2e_fps, e2e_frames = measure_end_to_end(cfg)
         say(f"student training step at batch {train_batch}")
-        from models.student import InputProjection
+        from models.student import Branch
 
         step_ms = {}
         for packed in (False, True, False, True):  # interleaved: the two settings side by side
-            InputProjection.packed = packed
+            Branch.packed = packed
             step_ms.setdefault(packed, []).append(
                 measure_train_step(device, train_batch, train_frames, encoder.embed_dim, train_steps))
-        InputProjection.packed = True
+        Branch.packed = True
         unpacked_ms, packed_ms = statistics.median(step_ms[False]), statistics.median(step_ms[True])
     finally:
         if tmp is not None:
@@ -242,7 +242,7 @@ def main() -> None:
         "decode_fps": round(decode_fps, 1), "encode_fps": round(encode_fps, 1), "e2e_fps": round(e2e_fps, 1),
         "e2e_frames": e2e_frames, "e2e_over_encode": round(e2e_fps / encode_fps, 3),
         "train_batch_videos": train_batch, "train_frames": train_frames, "train_step_ms": round(packed_ms, 2),
-        # Only valid frames and tokens through the input projection (today's training) against all of them.
+        # Only valid frames and tokens through the per-row layers (today's training) against all of them.
         "train_step_ms_unpacked": round(unpacked_ms, 2), "packed_speedup": round(unpacked_ms / packed_ms, 2),
     }
     print(json.dumps(report))

@@ -1,8 +1,9 @@
 """Seconds per training epoch, side by side in one run, same model, same batches:
   split:  each batch padded to the split's longest video and query (prvr before 2026-12-01);
   batch:  padded to the batch's own longest (2026-12-01);
-  packed: batch padding, and only valid frames and tokens through the input projection
-          (models.student.InputProjection.packed, 2026-12-02);
+  packed: batch padding, and only valid frames and tokens through the per-row layers (input
+          projection, positions, attention projections, output; models.student.Branch.packed;
+          the input projection alone since 2026-12-02, every per-row layer since 2026-12-03);
   lanes:  packed, and dropout masks from 16-bit lanes of 64-bit random words instead of
           PyTorch's Bernoulli sampler on CPU (models.dropout.Dropout.lanes, 2026-12-03: today's
           training). A different random stream, so its loss differs by the dropout draws alone:
@@ -34,7 +35,7 @@ def main() -> None:
     args = epoch_arguments(__doc__).parse_args()
 
     from models.dropout import Dropout
-    from models.student import DLDKDStudent, InputProjection
+    from models.student import Branch, DLDKDStudent
     from stages.data import load_split
     from stages.train import distilled_teachers, student_config
     from storage.features import FeatureStore
@@ -48,7 +49,7 @@ def main() -> None:
     batches = epoch_batches(len(data.video_ids), t.batch_videos, args.max_batches)
 
     def epoch(variant: str) -> tuple[float, float]:
-        InputProjection.packed = variant in ("packed", "lanes")
+        Branch.packed = variant in ("packed", "lanes")
         Dropout.lanes = variant == "lanes"
         made = (data.batch(rows, pad_to_batch=variant != "split") for rows in batches)
         return timed_epoch(initial, made, t, teachers)
@@ -61,7 +62,7 @@ def main() -> None:
             s, loss = epoch(variant)
             seconds[variant].append(round(s, 2))
             losses[variant] = loss
-    InputProjection.packed = Dropout.lanes = True
+    Branch.packed = Dropout.lanes = True
     median = {v: statistics.median(seconds[v]) for v in variants}
     print(json.dumps({"config": cfg.name, "videos": len(data.video_ids), "batches": len(batches), "batch_videos": t.batch_videos,
                       "epoch_seconds": seconds,

@@ -78,17 +78,18 @@ class Dropout(nn.Module):
             return lane_dropout(x, self.p)
         return F.dropout(x, self.p, training=True)
 
-    def rows_of(self, rows: Tensor, padded_shape: torch.Size, mask: Tensor) -> Tensor:
-        """Dropout of ``rows = x[mask]`` for an x of ``padded_shape``, with exactly the mask (and the
-        random stream afterwards) that ``forward(x)`` would have used on those rows: the mask is drawn
-        for the whole padded tensor and then indexed."""
+    def rows_of(self, rows: Tensor, packing) -> Tensor:
+        """Dropout of the valid rows ``rows = packing.gather(x)`` of a padded x (models.student.RowPacking),
+        with exactly the mask (and the random stream afterwards) that ``forward(x)`` would have used
+        on those rows: the mask is drawn for the whole padded tensor, then gathered."""
         if not self.training or self.p == 0.0:
             return rows
+        shape = packing.padded_shape(rows.shape[-1])
         if self.uses_lanes(rows):
-            return apply_keep(rows, keep_mask(padded_shape, rows.device, self.p)[mask], self.p)
+            return apply_keep(rows, packing.gather(keep_mask(shape, rows.device, self.p)), self.p)
         # PyTorch's CPU dropout draws bernoulli(1 - p) then divides by 1 - p; drawn the same way here
-        noise = torch.empty(padded_shape, dtype=rows.dtype, device=rows.device).bernoulli_(1 - self.p).div_(1 - self.p)
-        return rows * noise[mask]
+        noise = torch.empty(shape, dtype=rows.dtype, device=rows.device).bernoulli_(1 - self.p).div_(1 - self.p)
+        return rows * packing.gather(noise)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -63,16 +63,40 @@ def _fill_value(dtype: torch.dtype) -> float:
     return torch.finfo(dtype).min
 
 
+class RowPacking:
+    """The valid rows of an (N, L, ...) tensor under an (N, L) mask, as flat row indices: index_select
+    and index_copy are cheaper than boolean indexing (which finds the rows again on every call) and
+    their gradients are plain gathers and scatters."""
+
+    def __init__(self, mask: Tensor) -> None:
+        self.mask = mask
+        self.index = mask.reshape(-1).nonzero().squeeze(1)
+
+    def padded_shape(self, width: int) -> tuple[int, int, int]:
+        return (*self.mask.shape, width)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """(N, L, C) -> (valid rows, C)"""
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)
+
+    def scatter(self, rows: Tensor) -> Tensor:
+        """(valid rows, C) -> (N, L, C) with the rows where the mask is True and zeros elsewhere."""
+        width = rows.shape[-1]
+        return rows.new_zeros(self.mask.numel(), width).index_copy(0, self.index, rows).view(self.padded_shape(width))
+
+
+# Each per-frame / per-token layer below has a padded ``forward`` (N, L, C) and, for training, a
+# ``rows`` method over only the valid rows (R, C) of such a tensor, R = mask.sum(): at TVR's shape
+# more than half of a batch's frames are padding, and on the demo a third of the tokens. Padded rows
+# never reach a valid output (the padding contract above), so both give the same valid outputs
+# within float rounding, and every dropout draws its mask for the whole padded tensor, so both use
+# the same mask on every valid row and leave the random stream alike. Inference keeps the padded
+# computation: a matmul's rounding can depend on how many rows it gets, and evaluation, the index
+# and a searched sentence must keep scoring exactly alike.
+
+
 class InputProjection(nn.Module):
-    """LayerNorm -> dropout -> Linear(in, hidden) -> ReLU, applied per frame / token.
-
-    In training, given the mask, only the valid rows are normalised and projected (the widest
-    layer of the student: at TVR's shape more than half of a batch's frames are padding); padded rows
-    come out zero, which no output reads (see the padding contract above). Inference keeps the
-    padded computation: a matmul's rounding can depend on how many rows it gets, and evaluation,
-    the index and a searched sentence must keep scoring exactly alike."""
-
-    packed = True  # class-wide switch, for bench/train_epoch.py's side-by-side measurement
+    """LayerNorm -> dropout -> Linear(in, hidden) -> ReLU, applied per frame / token."""
 
     def __init__(self, in_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
@@ -80,16 +104,12 @@ class InputProjection(nn.Module):
         self.dropout = Dropout(dropout)
         self.linear = nn.Linear(in_dim, hidden)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None or not self.packed or not self.training:
-            return F.relu(self.linear(self.dropout(self.norm(x))))
-        # the dropout mask of the whole padded tensor, as the unpacked path draws it: the same mask on
-        # every valid row and the same random stream afterwards
-        rows = self.dropout.rows_of(self.norm(x[mask]), x.shape, mask)  # (valid rows, in_dim)
-        projected = F.relu(self.linear(rows))
-        out = projected.new_zeros((*mask.shape, projected.shape[-1]))
-        out[mask] = projected
-        return out
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.linear(self.dropout(self.norm(x))))
+
+    def rows(self, x: Tensor, packing: RowPacking) -> Tensor:
+        """Padded x (N, L, in) -> (R, hidden) for the valid rows only."""
+        return F.relu(self.linear(self.dropout.rows_of(self.norm(packing.gather(x)), packing)))
 
 
 class LearnedPositions(nn.Module):
@@ -101,12 +121,19 @@ class LearnedPositions(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.dropout = Dropout(dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
-        length = x.shape[1]
+    def _positions(self, length: int) -> Tensor:
         if length > self.embedding.num_embeddings:
             raise ValueError(f"sequence of {length} positions exceeds the maximum of {self.embedding.num_embeddings}")
-        positions = self.embedding.weight[:length].unsqueeze(0)
-        return self.dropout(self.norm(x + positions))
+        return self.embedding.weight[:length]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.norm(x + self._positions(x.shape[1]).unsqueeze(0)))
+
+    def rows(self, rows: Tensor, packing: RowPacking) -> Tensor:
+        """(R, hidden) valid rows of an (N, L, hidden) tensor -> the same rows with their positions."""
+        n, length = packing.mask.shape
+        positions = packing.gather(self._positions(length).expand(n, length, -1))
+        return self.dropout.rows_of(self.norm(rows + positions), packing)
 
 
 class AttentionBlock(nn.Module):
@@ -124,16 +151,27 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x (N, L, H), mask (N, L) bool with True = valid; padded positions are never attended to."""
-        n, length, hidden = x.shape
+        attended = self._attend(self.query_key_value(x), mask)
+        return self.norm(x + self.output_dropout(self.output(attended)))
+
+    def rows(self, rows: Tensor, packing: RowPacking) -> Tensor:
+        """(R, H) valid rows of an (N, L, H) tensor -> the block's output on those rows. Padded
+        positions enter the attention as zeros: they are masked keys, and their own outputs are dropped."""
+        attended = packing.gather(self._attend(packing.scatter(self.query_key_value(rows)), packing.mask))
+        return self.norm(rows + self.output_dropout.rows_of(self.output(attended), packing))
+
+    def _attend(self, qkv: Tensor, mask: Tensor) -> Tensor:
+        """(N, L, 3H) projections -> (N, L, H) attended values."""
+        n, length, _ = qkv.shape
         # (N, L, 3H) -> three (N, heads, L, head_dim) views
-        q, k, v = self.query_key_value(x).view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         # Additive mask with a finite minimum: exp underflows to exactly 0 for padded keys, and a
         # sequence with no valid key stays finite instead of NaN. Built in q's dtype so that under
         # autocast the minimum is fp16's, not float32's (which would cast to -inf).
-        key_bias = torch.zeros(mask.shape, dtype=q.dtype, device=x.device).masked_fill(~mask, _fill_value(q.dtype))
+        key_bias = torch.zeros(mask.shape, dtype=q.dtype, device=qkv.device).masked_fill(~mask, _fill_value(q.dtype))
         key_bias = key_bias[:, None, None, :]
         dropout = self.attention_dropout
-        if self.training and dropout.p > 0 and dropout.uses_lanes(x):
+        if self.training and dropout.p > 0 and dropout.uses_lanes(qkv):
             # SDPA's CPU kernel falls back to its math path when it drops out weights, and draws the
             # mask with the slow Bernoulli sampler; the same computation, written out, with a lane mask
             weights = torch.baddbmm(
@@ -147,12 +185,13 @@ class AttentionBlock(nn.Module):
         else:
             # evaluation (and CUDA) keep SDPA: evaluation, the index and a searched sentence must score alike
             attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout.p if self.training else 0.0)
-        attended = attended.transpose(1, 2).reshape(n, length, hidden)
-        return self.norm(x + self.output_dropout(self.output(attended)))
+        return attended.transpose(1, 2).reshape(n, length, self.heads * self.head_dim)
 
 
 class Branch(nn.Module):
     """One PRVR branch: a frame encoder for videos and a pooled encoder for queries."""
+
+    packed = True  # class-wide: training runs the per-row layers on valid rows only (see above)
 
     def __init__(self, cfg: StudentConfig) -> None:
         super().__init__()
@@ -179,16 +218,29 @@ class Branch(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def _packs_rows(self) -> bool:
+        return self.training and self.packed
+
     def encode_videos(self, video: Tensor, video_mask: Tensor) -> Tensor:
-        """(B, T, Dv) features, (B, T) bool mask -> (B, T, H) frame vectors (not normalised)."""
-        x = self.video_positions(self.video_input(video, video_mask))
+        """(B, T, Dv) features, (B, T) bool mask -> (B, T, H) frame vectors (not normalised; in
+        packed training, padded frames come out zero)."""
+        if self._packs_rows():
+            packing = RowPacking(video_mask)
+            rows = self.video_positions.rows(self.video_input.rows(video, packing), packing)
+            return packing.scatter(self.video_output(self.video_attention.rows(rows, packing)))
+        x = self.video_positions(self.video_input(video))
         x = self.video_attention(x, video_mask)
         return self.video_output(x)
 
     def encode_queries(self, tokens: Tensor, token_mask: Tensor) -> Tensor:
         """(Q, L, Dt) token features, (Q, L) bool mask -> (Q, H) query vectors (not normalised)."""
-        x = self.query_positions(self.query_input(tokens, token_mask))
-        x = self.query_attention(x, token_mask)
+        if self._packs_rows():
+            packing = RowPacking(token_mask)
+            rows = self.query_positions.rows(self.query_input.rows(tokens, packing), packing)
+            x = packing.scatter(self.query_attention.rows(rows, packing))
+        else:
+            x = self.query_positions(self.query_input(tokens))
+            x = self.query_attention(x, token_mask)
         pool_logits = self.query_pool_score(x).squeeze(-1)  # (Q, L)
         pool_logits = pool_logits.masked_fill(~token_mask, _fill_value(pool_logits.dtype))
         pool_weights = pool_logits.softmax(dim=-1)

@@ -62,6 +62,8 @@ def test_gradient_is_the_mask_times_the_scale() -> None:
 
 @pytest.mark.parametrize("lanes", [True, False])
 def test_rows_of_a_padded_tensor_drop_as_the_whole_tensor_does(lanes: bool) -> None:
+    from models.student import RowPacking
+
     x = torch.randn(5, 7, 12)
     mask = torch.rand(5, 7) > 0.4
     layer = Dropout(0.3).train()
@@ -71,7 +73,7 @@ def test_rows_of_a_padded_tensor_drop_as_the_whole_tensor_does(lanes: bool) -> N
         whole = layer(x)[mask]
         after_whole = torch.rand(4)
         torch.manual_seed(11)
-        rows = layer.rows_of(x[mask], x.shape, mask)
+        rows = layer.rows_of(x[mask], RowPacking(mask))
         after_rows = torch.rand(4)
     finally:
         Dropout.lanes = True

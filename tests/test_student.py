@@ -288,33 +288,42 @@ def test_dropout_is_active_only_in_training() -> None:
         assert not torch.equal(student.scores(*batch), student.scores(*batch))
 
 
-def test_packed_input_projection_equals_the_padded_one_in_training() -> None:
-    """Only valid rows are projected: the same outputs on them (within float tolerance), the same
-    dropout noise on them, the same random stream afterwards, and gradients on the same weights."""
-    from models.student import InputProjection
+@pytest.mark.parametrize("lanes", [True, False])
+def test_packed_training_equals_the_padded_one(lanes: bool) -> None:
+    """In training only valid rows go through the per-row layers: the same frame and query vectors
+    (within float rounding), the same dropout masks, the same random stream afterwards and the same
+    gradients as the padded computation; padded frames come out zero. Both dropout samplers."""
+    from models.dropout import Dropout
+    from models.student import Branch
 
-    video, video_mask, _, _ = make_batch()
-    video = video.clone().requires_grad_(False)
-    outputs, grads, after = [], [], []
-    for packed in (False, True):
-        torch.manual_seed(0)
-        layer = InputProjection(video.shape[-1], 16, dropout=0.3).train()
-        InputProjection.packed = packed
-        try:
+    video, video_mask, tokens, token_mask = make_batch()
+    frames, queries, grads, after = [], [], [], []
+    Dropout.lanes = lanes
+    try:
+        for packed in (False, True):
+            branch = make_student(dropout=0.3).inheritance.train()
+            Branch.packed = packed
             torch.manual_seed(5)
-            out = layer(video, video_mask)
-            after.append(torch.rand(3))  # the stream after the dropout draw
-            out[video_mask].sum().backward()
-        finally:
-            InputProjection.packed = True
-        outputs.append(out[video_mask].detach())
-        grads.append(layer.linear.weight.grad.clone())
-        if packed:
-            assert torch.equal(out[~video_mask], torch.zeros_like(out[~video_mask]))  # padded rows: zero
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
+            f = branch.encode_videos(video, video_mask)
+            q = branch.encode_queries(tokens, token_mask)
+            after.append(torch.rand(3))  # the stream after every dropout draw
+            (f[video_mask].sum() + q.sum()).backward()
+            frames.append(f[video_mask].detach())
+            queries.append(q.detach())
+            grads.append({name: p.grad.clone() for name, p in branch.named_parameters()})
+            if packed:
+                assert torch.equal(f[~video_mask], torch.zeros_like(f[~video_mask]))
+    finally:
+        Branch.packed, Dropout.lanes = True, True
+    torch.testing.assert_close(frames[0], frames[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(queries[0], queries[1], rtol=1e-5, atol=1e-5)
     assert torch.equal(after[0], after[1])
-    assert (outputs[1] == 0).any()  # dropout (then ReLU) did act
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.manual_seed(5)
+    assert not torch.equal(make_student(dropout=0.3).inheritance.train().encode_videos(video, video_mask)[video_mask],
+                           make_student(dropout=0.0).inheritance.train().encode_videos(video, video_mask)[video_mask])
 
 
 def test_paired_frame_scores_are_each_querys_row_on_its_own_video() -> None:
