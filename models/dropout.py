@@ -91,5 +91,17 @@ class Dropout(nn.Module):
         noise = torch.empty(shape, dtype=rows.dtype, device=rows.device).bernoulli_(1 - self.p).div_(1 - self.p)
         return rows * packing.gather(noise)
 
+    def swapped_of(self, x: Tensor, dim0: int, dim1: int) -> Tensor:
+        """Dropout of ``x = y.transpose(dim0, dim1)`` (contiguous, another layout of the same values) with
+        exactly the mask that ``forward(y)`` would have drawn: drawn in y's shape, then transposed."""
+        if not self.training or self.p == 0.0:
+            return x
+        shape = x.transpose(dim0, dim1).shape
+        if self.uses_lanes(x):
+            # the bool mask made contiguous (a quarter of x's bytes), so that the output keeps x's layout
+            return apply_keep(x, keep_mask(shape, x.device, self.p).transpose(dim0, dim1).contiguous(), self.p)
+        noise = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1 - self.p).div_(1 - self.p)
+        return x * noise.transpose(dim0, dim1).contiguous()
+
     def extra_repr(self) -> str:
         return f"p={self.p}"

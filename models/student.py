@@ -71,6 +71,7 @@ class RowPacking:
     def __init__(self, mask: Tensor) -> None:
         self.mask = mask
         self.index = mask.reshape(-1).nonzero().squeeze(1)
+        self.position = self.index % mask.shape[1]  # each valid row's position in its sequence
 
     def padded_shape(self, width: int) -> tuple[int, int, int]:
         return (*self.mask.shape, width)
@@ -82,7 +83,8 @@ class RowPacking:
     def scatter(self, rows: Tensor) -> Tensor:
         """(valid rows, C) -> (N, L, C) with the rows where the mask is True and zeros elsewhere."""
         width = rows.shape[-1]
-        return rows.new_zeros(self.mask.numel(), width).index_copy(0, self.index, rows).view(self.padded_shape(width))
+        # in place on fresh zeros: the out-of-place index_copy would first copy the zeros
+        return rows.new_zeros(self.mask.numel(), width).index_copy_(0, self.index, rows).view(self.padded_shape(width))
 
 
 # Each per-frame / per-token layer below has a padded ``forward`` (N, L, C) and, for training, a
@@ -131,8 +133,7 @@ class LearnedPositions(nn.Module):
 
     def rows(self, rows: Tensor, packing: RowPacking) -> Tensor:
         """(R, hidden) valid rows of an (N, L, hidden) tensor -> the same rows with their positions."""
-        n, length = packing.mask.shape
-        positions = packing.gather(self._positions(length).expand(n, length, -1))
+        positions = self._positions(packing.mask.shape[1]).index_select(0, packing.position)
         return self.dropout.rows_of(self.norm(rows + positions), packing)
 
 
@@ -157,34 +158,66 @@ class AttentionBlock(nn.Module):
     def rows(self, rows: Tensor, packing: RowPacking) -> Tensor:
         """(R, H) valid rows of an (N, L, H) tensor -> the block's output on those rows. Padded
         positions enter the attention as zeros: they are masked keys, and their own outputs are dropped."""
-        attended = packing.gather(self._attend(packing.scatter(self.query_key_value(rows)), packing.mask))
+        qkv = self.query_key_value(rows)
+        if self._writes_out(qkv):
+            attended = self._attend_rows(qkv, packing)
+        else:
+            attended = packing.gather(self._attend(packing.scatter(qkv), packing.mask))
         return self.norm(rows + self.output_dropout.rows_of(self.output(attended), packing))
+
+    def _writes_out(self, qkv: Tensor) -> bool:
+        # SDPA's CPU kernel falls back to its math path when it drops out weights, and draws the mask
+        # with the slow Bernoulli sampler: CPU training writes the same computation out, with a lane mask
+        return self.training and self.attention_dropout.p > 0 and self.attention_dropout.uses_lanes(qkv)
+
+    def _key_bias(self, mask: Tensor, dtype: torch.dtype, heads_first: bool) -> Tensor:
+        """(N, L) mask -> additive bias (N*heads or heads*N, 1, L) for the written-out attention weights:
+        0 on valid keys, the dtype's minimum on padded ones (exp underflows to exactly 0 there)."""
+        n, length = mask.shape
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, _fill_value(dtype))
+        per_head = bias.expand(self.heads, n, length) if heads_first else bias[:, None].expand(n, self.heads, length)
+        return per_head.reshape(n * self.heads, 1, length)
+
+    def _written_out(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, heads_first: bool) -> Tensor:
+        """softmax(q k^T / sqrt(d) + bias), dropped out, times v; q, k, v (N*heads or heads*N, L, d). The
+        dropout mask is the one drawn for (N, heads, L, L) either way, so both layouts drop alike."""
+        weights = torch.baddbmm(key_bias, q, k.transpose(1, 2), alpha=self.head_dim**-0.5).softmax(dim=-1)
+        if heads_first:
+            weights = self.attention_dropout.swapped_of(weights.view(self.heads, -1, *weights.shape[1:]), 0, 1)
+            weights = weights.view(-1, *weights.shape[2:])
+        else:
+            weights = self.attention_dropout(weights)
+        return torch.bmm(weights, v)
+
+    def _attend_rows(self, qkv: Tensor, packing: RowPacking) -> Tensor:
+        """(R, 3H) projections of the valid rows -> (R, H) attended values, written out. Scattered
+        head-major, so that each of q, k and v is one contiguous (heads*N, L, d) block: no layout copies
+        between the projections and the batched matmuls, forward or backward."""
+        n, length = packing.mask.shape
+        per_head = qkv.view(-1, 3 * self.heads, self.head_dim).transpose(0, 1)  # (3*heads, R, d)
+        padded = per_head.new_zeros(3 * self.heads, n * length, self.head_dim).index_copy_(1, packing.index, per_head)
+        q, k, v = padded.view(3, self.heads * n, length, self.head_dim).unbind(0)
+        attended = self._written_out(q, k, v, self._key_bias(packing.mask, q.dtype, heads_first=True), heads_first=True)
+        attended = attended.view(self.heads, n * length, self.head_dim).index_select(1, packing.index)  # (heads, R, d)
+        return attended.transpose(0, 1).reshape(-1, self.heads * self.head_dim)
 
     def _attend(self, qkv: Tensor, mask: Tensor) -> Tensor:
         """(N, L, 3H) projections -> (N, L, H) attended values."""
         n, length, _ = qkv.shape
         # (N, L, 3H) -> three (N, heads, L, head_dim) views
         q, k, v = qkv.view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        # Additive mask with a finite minimum: exp underflows to exactly 0 for padded keys, and a
-        # sequence with no valid key stays finite instead of NaN. Built in q's dtype so that under
-        # autocast the minimum is fp16's, not float32's (which would cast to -inf).
-        key_bias = torch.zeros(mask.shape, dtype=q.dtype, device=qkv.device).masked_fill(~mask, _fill_value(q.dtype))
-        key_bias = key_bias[:, None, None, :]
-        dropout = self.attention_dropout
-        if self.training and dropout.p > 0 and dropout.uses_lanes(qkv):
-            # SDPA's CPU kernel falls back to its math path when it drops out weights, and draws the
-            # mask with the slow Bernoulli sampler; the same computation, written out, with a lane mask
-            weights = torch.baddbmm(
-                key_bias.expand(n, self.heads, length, length).reshape(n * self.heads, length, length),
-                q.reshape(n * self.heads, length, self.head_dim),
-                k.reshape(n * self.heads, length, self.head_dim).transpose(1, 2),
-                alpha=self.head_dim**-0.5,
-            ).softmax(dim=-1)
-            attended = torch.bmm(dropout(weights), v.reshape(n * self.heads, length, self.head_dim))
+        if self._writes_out(qkv):
+            attended = self._written_out(*(x.reshape(n * self.heads, length, self.head_dim) for x in (q, k, v)),
+                                         self._key_bias(mask, q.dtype, heads_first=False), heads_first=False)
             attended = attended.view(n, self.heads, length, self.head_dim)
         else:
-            # evaluation (and CUDA) keep SDPA: evaluation, the index and a searched sentence must score alike
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias, dropout_p=dropout.p if self.training else 0.0)
+            # evaluation (and CUDA) keep SDPA: evaluation, the index and a searched sentence must score alike.
+            # Additive mask with a finite minimum: exp underflows to exactly 0 for padded keys, and a
+            # sequence with no valid key stays finite instead of NaN. Built in q's dtype so that under
+            # autocast the minimum is fp16's, not float32's (which would cast to -inf).
+            key_bias = torch.zeros(mask.shape, dtype=q.dtype, device=qkv.device).masked_fill(~mask, _fill_value(q.dtype))
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=key_bias[:, None, None, :],
+                                                      dropout_p=self.attention_dropout.p if self.training else 0.0)
         return attended.transpose(1, 2).reshape(n, length, self.heads * self.head_dim)
 
 

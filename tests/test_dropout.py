@@ -113,3 +113,25 @@ def test_written_out_attention_never_attends_to_padded_keys() -> None:
     b = block(changed, mask)
     torch.testing.assert_close(a[0, :4], b[0, :4])
     torch.testing.assert_close(a[1], b[1])
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_a_transposed_layout_drops_as_the_original_does(lanes: bool) -> None:
+    """The packed attention keeps its weights head-major (heads, N, L, L); its dropout must use the
+    mask that the padded attention draws for (N, heads, L, L), and leave the stream alike."""
+    y = torch.randn(3, 4, 5, 5)
+    layer = Dropout(0.3).train()
+    Dropout.lanes = lanes
+    try:
+        torch.manual_seed(2)
+        expected = layer(y).transpose(0, 1)
+        after_expected = torch.rand(4)
+        torch.manual_seed(2)
+        swapped = layer.swapped_of(y.transpose(0, 1).contiguous(), 0, 1)
+        after_swapped = torch.rand(4)
+    finally:
+        Dropout.lanes = True
+    assert swapped.is_contiguous()
+    torch.testing.assert_close(swapped, expected)
+    assert torch.equal(after_expected, after_swapped)
+    assert (swapped == 0).any() and (swapped != 0).any()
