@@ -182,12 +182,25 @@ def _spawn(stack: Stack, name: str, args: list[str]) -> int:
     log = open(stack.log_file(name), "ab")
     proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env=_env(stack), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
-    # Popen returns after the exec: /proc already shows the program's own command line.
-    record = ProcessRecord.of(proc.pid)
+    record = record_after_exec(proc.pid)
     if record is None:
         raise RuntimeError(f"cannot read /proc/{proc.pid} of the {name} just started (prvr stack needs Linux's /proc)")
     stack.pid_file(name).write_text(record.to_json())
     return proc.pid
+
+
+def record_after_exec(pid: int, wait_s: float = 10.0, read=None) -> ProcessRecord | None:
+    """The record of a process just started, once /proc shows its command line. Popen returns after
+    the exec, but /proc/<pid>/cmdline can still read empty for a moment (seen on a fresh clone's
+    `make demo`): a record with no command line would never match the running process again, and
+    the stack would take its own server for gone."""
+    read = read or ProcessRecord.of
+    deadline = time.monotonic() + wait_s
+    record = read(pid)
+    while record is not None and not record.cmdline and time.monotonic() < deadline:
+        time.sleep(0.01)
+        record = read(pid)
+    return record if record is not None and record.cmdline else None
 
 
 def _run(stack: Stack, args: list[str]) -> None:

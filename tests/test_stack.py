@@ -165,3 +165,14 @@ def test_stack_down_stops_the_process_it_started(tmp_path):
     stack.down(where, echo=said.append)
     assert said == ["worker stopped"] and gone(pid)
     assert not where.pid_file("worker").exists()
+
+
+def test_a_started_process_is_recorded_once_proc_shows_its_command_line():
+    """/proc/<pid>/cmdline can read empty just after the exec: the record waits for it (a record
+    without a command line never matches the process again), and gives up on a process that never
+    shows one."""
+    full = stack.ProcessRecord(42, 7, ["prefect", "server", "start"])
+    reads = iter([stack.ProcessRecord(42, 7, []), stack.ProcessRecord(42, 7, []), full])
+    assert stack.record_after_exec(42, read=lambda pid: next(reads)) == full
+    assert stack.record_after_exec(42, wait_s=0.05, read=lambda pid: stack.ProcessRecord(42, 7, [])) is None
+    assert stack.record_after_exec(42, read=lambda pid: None) is None
