@@ -21,6 +21,10 @@ JSON and a plot of the best epoch against the decaying weight beside it.
 Usage: python bench/ablation.py configs/bench.yaml --seeds 0 1 2 3 4 [--variants ...] [--set k=v ...]
 Needs an extracted store (run the pipeline's extract stage first); builds the teacher cache.
 Runs are named <config name>-ablation-<variant>-s<seed>: a rerun resumes or reuses finished runs.
+--dropout torch trains with PyTorch's Bernoulli dropout instead of the CPU lane masks (runs named
+<config name>-torchdrop-ablation-...), to pair with runs measured before the lanes existed.
+--also FILE adds the runs recorded in an earlier --out file (a run of this call replaces the
+recorded one of the same variant and seed).
 """
 
 from __future__ import annotations
@@ -84,6 +88,20 @@ def paired_interval(a: list[float], b: list[float]) -> tuple[float, float, float
 
 def main_method(cfg) -> str:
     return "DL-DKD student (fused)" if cfg.train.branches == "both" else f"{cfg.train.branches} branch"
+
+
+DROPOUTS = ("lanes", "torch")
+
+
+def runs_base_name(cfg, dropout: str) -> str:
+    """Runs of one dropout sampler never resume or stand in for the other's."""
+    return cfg.name if dropout == "lanes" else f"{cfg.name}-torchdrop"
+
+
+def use_dropout(dropout: str) -> None:
+    from models.dropout import Dropout
+
+    Dropout.lanes = dropout == "lanes"
 
 
 def variant_config(config: str, base_overrides: dict, variant: str, seed: int, base_name: str):
@@ -215,6 +233,20 @@ def plot_best_epochs(runs: list[dict], cfg, out: Path) -> None:
     plt.close(fig)
 
 
+def earlier_runs(files: list[str], runs: list[dict], dropout: str) -> list[dict]:
+    """The runs recorded in earlier --out files, less those of a variant and seed that `runs` has.
+    A file that names another dropout sampler is refused: its runs would not pair with these."""
+    have = {(r["variant"], r["seed"]) for r in runs}
+    found: dict[tuple[str, int], dict] = {}
+    for name in files:
+        recorded = json.loads(Path(name).read_text())
+        if recorded.get("dropout", dropout) != dropout:
+            sys.exit(f"{name} was measured with --dropout {recorded['dropout']}, not {dropout}")
+        for r in recorded["runs"]:
+            found[(r["variant"], r["seed"])] = r
+    return [r for key, r in found.items() if key not in have]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
@@ -222,6 +254,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", default=None, help="write every run and the tables as JSON here (and a plot)")
+    parser.add_argument("--dropout", choices=DROPOUTS, default="lanes",
+                        help="the CPU dropout sampler: lanes (prvr's default) or torch (Bernoulli)")
+    parser.add_argument("--also", action="append", default=[], metavar="FILE",
+                        help="also tabulate the runs recorded in this earlier --out file")
     parser.add_argument("--from-runs", action="store_true", help="only tabulate the runs already finished "
                         "(their metrics.json), training and evaluating nothing; a variant may have fewer seeds, "
                         "and each difference is paired over the seeds both sides have")
@@ -231,9 +267,11 @@ def main() -> None:
 
     base = load_config(args.config, args.overrides)
     base_overrides = {".".join(k): v for k, v in map(parse_override, args.overrides)}
+    base_name = runs_base_name(base, args.dropout)
+    use_dropout(args.dropout)
     runs = []
     if args.from_runs:
-        found = {(v, s): recorded_run(args.config, base_overrides, v, s, base.name)
+        found = {(v, s): recorded_run(args.config, base_overrides, v, s, base_name)
                  for s in args.seeds for v in args.variants}
         runs = [r for r in found.values() if r]
         args.seeds = sorted({r["seed"] for r in runs})
@@ -245,15 +283,18 @@ def main() -> None:
                 build_teacher_cache(base, key, split)
         for seed in args.seeds:
             for variant in args.variants:
-                runs.append(run_variant(args.config, base_overrides, variant, seed, base.name))
+                runs.append(run_variant(args.config, base_overrides, variant, seed, base_name))
                 print(json.dumps(runs[-1]), flush=True)
+    runs = earlier_runs(args.also, runs, args.dropout) + runs
     if not runs:
         sys.exit("no finished run of these variants and seeds")
+    args.seeds = sorted({r["seed"] for r in runs})
     table = summarise(runs, args.seeds)
     lines = print_tables(table, args.seeds, base.name)
     if args.out:
         out = Path(args.out)
-        out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "seeds": args.seeds,
+        out.write_text(json.dumps({"config": args.config, "overrides": args.overrides, "dropout": args.dropout,
+                                   "also": args.also, "seeds": args.seeds,
                                    "table": table, "runs": runs, "lines": lines}, indent=2))
         plot_best_epochs(runs, base, out.with_suffix(".png"))
 

@@ -37,10 +37,12 @@ def main() -> None:
     parser.add_argument("config")
     parser.add_argument("--variants", nargs="+", default=["dl-dkd"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--dropout", choices=("lanes", "torch"), default="lanes",
+                        help="which runs: those of bench/ablation.py --dropout lanes or torch")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from ablation import variant_config
+    from ablation import runs_base_name, variant_config
 
     from stages.data import load_split
     from stages.evaluate import encode_split
@@ -58,7 +60,7 @@ def main() -> None:
     column_of = {v: i for i, v in enumerate(video_ids)}
     runs = [(v, s) for v in args.variants for s in args.seeds]
     for variant, seed in runs:
-        cfg = variant_config(args.config, {}, variant, seed, base.name)
+        cfg = variant_config(args.config, {}, variant, seed, runs_base_name(base, args.dropout))
         model, branch, _ = load_trained_student(cfg, "best", "cpu", store)
         data = load_split(cfg, split, (), store)
         rows = [row_of[q] for q in data.query_ids]

@@ -54,6 +54,28 @@ def test_ablation_paired_interval_is_a_t_interval_over_seeds():
     assert row.startswith("| dl-dkd - exploration-only | 2 | -11.0 [")  # diffs -10 and -12
 
 
+def test_ablation_adds_earlier_runs_of_the_same_sampler_only(tmp_path):
+    import json
+
+    import pytest
+
+    ablation = load("ablation")
+    record = lambda variant, seed, sumr: {"variant": variant, "seed": seed, "SumR": sumr}  # noqa: E731
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"dropout": "torch", "runs": [record("dl-dkd", 0, 1.0), record("dl-dkd", 1, 2.0)]}))
+    # A run of this call replaces the recorded one of the same variant and seed.
+    got = ablation.earlier_runs([str(earlier)], [record("dl-dkd", 1, 9.0)], "torch")
+    assert got == [record("dl-dkd", 0, 1.0)]
+    with pytest.raises(SystemExit, match="--dropout torch"):
+        ablation.earlier_runs([str(earlier)], [], "lanes")
+
+    class Named:
+        name = "bench"
+
+    assert ablation.runs_base_name(Named, "lanes") == "bench"
+    assert ablation.runs_base_name(Named, "torch") == "bench-torchdrop"
+
+
 def test_branch_agreement_is_spearman_per_query():
     import numpy as np
 
@@ -67,3 +89,19 @@ def test_branch_agreement_is_spearman_per_query():
     got = agreement.spearman_rows(a, b)
     assert np.allclose(got, [np.corrcoef(ranks(x), ranks(y))[0, 1] for x, y in zip(a, b)])
     assert np.allclose(agreement.spearman_rows(a, 2 * a + 1), 1.0) and np.allclose(agreement.spearman_rows(a, -a), -1.0)
+
+
+def test_fusion_weight_sweeps_the_fused_score_and_chooses_on_validation():
+    import numpy as np
+
+    fusion = load("fusion_weight")
+    # Two queries over three videos; positives 0 and 1. The inheritance branch ranks query 0 right,
+    # the exploration branch query 1.
+    inheritance = np.array([[0.9, 0.1, 0.0], [0.9, 0.2, 0.0]])
+    exploration = np.array([[0.1, 0.5, 0.0], [0.0, 0.8, 0.0]])
+    got = fusion.fused_metrics(inheritance, exploration, np.array([0, 1]), misses=0, weights=(0.0, 0.5, 1.0))
+    assert got[1.0]["R@1"] == 50.0 and got[0.0]["R@1"] == 50.0  # each branch alone finds one
+    assert got[0.5]["R@1"] == 100.0  # 0.5 / 0.3 and 0.45 / 0.5: both first
+    assert fusion.chosen_weight(got) == 0.5
+    # Among equal validation figures the paper's weight is kept.
+    assert fusion.chosen_weight({0.0: {"SumR": 1.0}, 0.7: {"SumR": 1.0}, 1.0: {"SumR": 0.5}}) == 0.7
