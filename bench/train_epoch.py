@@ -1,14 +1,12 @@
 """Seconds per training epoch, side by side in one run, same model, same batches:
-  split:  each batch padded to the split's longest video and query (prvr before 2026-12-01);
-  batch:  padded to the batch's own longest (2026-12-01);
+  split:  each batch padded to the split's longest video and query (prvr's first training);
+  batch:  padded to the batch's own longest;
   packed: batch padding, and only valid frames and tokens through the per-row layers (input
-          projection, positions, attention projections, output; models.student.Branch.packed;
-          the input projection alone since 2026-12-02, every per-row layer since 2026-12-03);
+          projection, positions, attention projections, output; models.student.Branch.packed);
   lanes:  packed, and dropout masks from 16-bit lanes of 64-bit random words instead of
-          PyTorch's Bernoulli sampler on CPU (models.dropout.Dropout.lanes, 2026-12-03: today's
-          training; the written-out attention scatters q, k, v head-major since the evening of
-          2026-12-03, which removed their layout copies). A different random stream, so its loss
-          differs by the dropout draws alone: with --set train.dropout=0 all four losses agree.
+          PyTorch's Bernoulli sampler on CPU (models.dropout.Dropout.lanes): prvr's training.
+          A different random stream, so its loss differs by the dropout draws alone: with
+          --set train.dropout=0 all four losses agree.
 
 Usage: python bench/train_epoch.py configs/demo.yaml [--repeats 2]
 Needs the config's store and teacher caches (run the pipeline's extract and teacher stages first).

@@ -170,24 +170,19 @@ class AttentionBlock(nn.Module):
         # with the slow Bernoulli sampler: CPU training writes the same computation out, with a lane mask
         return self.training and self.attention_dropout.p > 0 and self.attention_dropout.uses_lanes(qkv)
 
-    def _key_bias(self, mask: Tensor, dtype: torch.dtype, heads_first: bool) -> Tensor:
-        """(N, L) mask -> additive bias (N*heads or heads*N, 1, L) for the written-out attention weights:
-        0 on valid keys, the dtype's minimum on padded ones (exp underflows to exactly 0 there)."""
+    def _key_bias(self, mask: Tensor, dtype: torch.dtype) -> Tensor:
+        """(N, L) mask -> additive bias (heads*N, 1, L) for the written-out attention weights: 0 on valid
+        keys, the dtype's minimum on padded ones (exp underflows to exactly 0 there)."""
         n, length = mask.shape
         bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, _fill_value(dtype))
-        per_head = bias.expand(self.heads, n, length) if heads_first else bias[:, None].expand(n, self.heads, length)
-        return per_head.reshape(n * self.heads, 1, length)
+        return bias.expand(self.heads, n, length).reshape(self.heads * n, 1, length)
 
-    def _written_out(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor, heads_first: bool) -> Tensor:
-        """softmax(q k^T / sqrt(d) + bias), dropped out, times v; q, k, v (N*heads or heads*N, L, d). The
-        dropout mask is the one drawn for (N, heads, L, L) either way, so both layouts drop alike."""
+    def _written_out(self, q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(d) + bias), dropped out, times v; q, k, v head-major (heads*N, L, d). The
+        dropout mask is the one drawn for SDPA's (N, heads, L, L) layout, transposed."""
         weights = torch.baddbmm(key_bias, q, k.transpose(1, 2), alpha=self.head_dim**-0.5).softmax(dim=-1)
-        if heads_first:
-            weights = self.attention_dropout.swapped_of(weights.view(self.heads, -1, *weights.shape[1:]), 0, 1)
-            weights = weights.view(-1, *weights.shape[2:])
-        else:
-            weights = self.attention_dropout(weights)
-        return torch.bmm(weights, v)
+        weights = self.attention_dropout.swapped_of(weights.view(self.heads, -1, *weights.shape[1:]), 0, 1)
+        return torch.bmm(weights.view(-1, *weights.shape[2:]), v)
 
     def _attend_rows(self, qkv: Tensor, packing: RowPacking) -> Tensor:
         """(R, 3H) projections of the valid rows -> (R, H) attended values, written out. Scattered
@@ -197,7 +192,7 @@ class AttentionBlock(nn.Module):
         per_head = qkv.view(-1, 3 * self.heads, self.head_dim).transpose(0, 1)  # (3*heads, R, d)
         padded = per_head.new_zeros(3 * self.heads, n * length, self.head_dim).index_copy_(1, packing.index, per_head)
         q, k, v = padded.view(3, self.heads * n, length, self.head_dim).unbind(0)
-        attended = self._written_out(q, k, v, self._key_bias(packing.mask, q.dtype, heads_first=True), heads_first=True)
+        attended = self._written_out(q, k, v, self._key_bias(packing.mask, q.dtype))
         attended = attended.view(self.heads, n * length, self.head_dim).index_select(1, packing.index)  # (heads, R, d)
         return attended.transpose(0, 1).reshape(-1, self.heads * self.head_dim)
 
@@ -207,9 +202,10 @@ class AttentionBlock(nn.Module):
         # (N, L, 3H) -> three (N, heads, L, head_dim) views
         q, k, v = qkv.view(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         if self._writes_out(qkv):
-            attended = self._written_out(*(x.reshape(n * self.heads, length, self.head_dim) for x in (q, k, v)),
-                                         self._key_bias(mask, q.dtype, heads_first=False), heads_first=False)
-            attended = attended.view(n, self.heads, length, self.head_dim)
+            # head-major, as _attend_rows lays them out
+            q, k, v = (x.transpose(0, 1).reshape(self.heads * n, length, self.head_dim) for x in (q, k, v))
+            attended = self._written_out(q, k, v, self._key_bias(mask, q.dtype))
+            attended = attended.view(self.heads, n, length, self.head_dim).transpose(0, 1)
         else:
             # evaluation (and CUDA) keep SDPA: evaluation, the index and a searched sentence must score alike.
             # Additive mask with a finite minimum: exp underflows to exactly 0 for padded keys, and a
