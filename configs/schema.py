@@ -89,7 +89,7 @@ class ExtractConfig(_Strict):
     decode_workers: int = Field(default=2, ge=1)
     decode_timeout_s: float = Field(default=300.0, gt=0)
     prefetch_videos: int = Field(default=4, ge=1, description="decoded videos queued ahead of the encoder")
-    shard_retries: int = Field(default=2, ge=0)
+    shard_retries: int = Field(default=2, ge=0, description="Prefect retries of a failed shard or text task")
     max_tokens: int = Field(default=32, ge=2, description="token features kept per query (incl. start/end tokens)")
     window: int = Field(default=8, ge=1, description="frames per clip for video backbones")
     window_stride: int = Field(default=2, ge=1)

@@ -100,7 +100,8 @@ def _ingest(config: RunConfig, source: Source, lease_token: str) -> dict:
     # Task run names say which unit: extract-shard-00042, import-text-val.
     shard_runner = shard_task.with_options(name=f"{kind}-shard", task_run_name=f"{kind}-shard-{{unit.index:05d}}",
                                            retries=config.extract.shard_retries)
-    text_runner = text_task.with_options(name=f"{kind}-text", task_run_name=f"{kind}-text-{{unit.split}}")
+    text_runner = text_task.with_options(name=f"{kind}-text", task_run_name=f"{kind}-text-{{unit.split}}",
+                                         retries=config.extract.shard_retries)
     gpu = runners.gpu_resources(config) if source.needs_gpu else {}
     if gpu:
         logger.info("each %s task holds Dask resources %s", kind, gpu)

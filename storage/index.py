@@ -35,6 +35,7 @@ import numpy as np
 from prvr.errors import UserError
 from storage.integrity import Level
 from storage.runs import RunPaths, write_atomic
+from storage.store_layout import now
 
 INDEX_FORMAT = 1
 RECORD_FILE = "index.json"
@@ -52,10 +53,6 @@ def index_root(paths: RunPaths) -> Path:
 
 def frames_file(branch: str) -> str:
     return f"frames.{branch}.npy"
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _file_checksum(path: Path) -> int:
@@ -177,7 +174,7 @@ class IndexWriter:
             _fsync(path)
             files[path.name] = [path.stat().st_size, _file_checksum(path)]
         record = {
-            "format": INDEX_FORMAT, "fingerprint": fingerprint, "inputs": inputs, "built_at": _now(),
+            "format": INDEX_FORMAT, "fingerprint": fingerprint, "inputs": inputs, "built_at": now(),
             "folder": self.folder, "branches": self.branches, "hidden": self.hidden, "frames": self.frames,
             "videos": {"ids": list(video_ids), "splits": list(splits),
                        "durations": [float(d) for d in durations]},
