@@ -11,6 +11,9 @@ Variants (same store, teacher cache and settings otherwise; each seed trains eve
   clip-input          dl-dkd with the teacher's own frame embedding as the only student input
   frame-diff-input    dl-dkd with [clip, frame_diff]: a parameter-free motion descriptor instead
                       of the learned video network (needs frame_diff in extract.visual)
+  motion-input        dl-dkd whose student reads the video network's feature alone, without the
+                      teacher's frame embedding (as the papers' I3D student does not read CLIP)
+  exploration-motion-input  exploration-only with that input: what motion-input is paired with
 and the teacher alone, zero-shot (deterministic: the same on every seed).
 
 Prints, per variant, mean +- std over seeds of R@1, R@5, R@10, R@100 and SumR, and paired
@@ -54,6 +57,8 @@ VARIANTS: dict[str, dict] = {
     "bertadam": {"train.optimizer": "bertadam"},
     "clip-input": {"train.visual": ["clip"]},
     "frame-diff-input": {"train.visual": ["clip", "frame_diff"]},
+    "motion-input": {"train.visual": ["tiny_r2plus1d"]},
+    "exploration-motion-input": {"train.visual": ["tiny_r2plus1d"], "train.branches": "exploration"},
 }
 DEFAULT_VARIANTS = ["dl-dkd", "exploration-only", "inheritance-only", "constant-weight", "increasing-weight",
                     "dl-dkd-pp"]
@@ -62,6 +67,7 @@ COMPARISONS = [
     ("dl-dkd", TEACHER), ("dl-dkd", "exploration-only"), ("dl-dkd", "inheritance-only"),
     ("dl-dkd", "constant-weight"), ("dl-dkd", "increasing-weight"), ("dl-dkd-pp", "dl-dkd"),
     ("bertadam", "dl-dkd"), ("dl-dkd", "clip-input"), ("dl-dkd", "frame-diff-input"),
+    ("motion-input", TEACHER), ("motion-input", "exploration-motion-input"), ("dl-dkd", "motion-input"),
 ]
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom.
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
