@@ -205,7 +205,7 @@ def print_tables(table: dict, seeds: list[int], title: str) -> list[str]:
         cells = []
         for m in METRICS:
             mean, lo, hi = paired_interval(*paired_values(table, a, b, m))
-            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]" if n > 1 else f"{mean:+.1f} (one seed, no interval)")
         lines.append(f"| {a} - {b} | {n} | " + " | ".join(cells) + " |")
     print("\n".join(lines), flush=True)
     return lines
