@@ -110,6 +110,24 @@ def use_dropout(dropout: str) -> None:
     Dropout.lanes = dropout == "lanes"
 
 
+def add_run_selection(parser) -> None:
+    """--variants, --seeds and --dropout: which finished runs of this script a diagnostic reads."""
+    parser.add_argument("--variants", nargs="+", default=["dl-dkd"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--dropout", choices=DROPOUTS, default="lanes",
+                        help="which runs: those of bench/ablation.py --dropout lanes or torch")
+
+
+def selected_runs(args, base) -> list[tuple[str, int, object]]:
+    """(variant, seed, run config) of every run that add_run_selection's arguments name."""
+    return [(v, s, variant_config(args.config, {}, v, s, runs_base_name(base, args.dropout)))
+            for v in args.variants for s in args.seeds]
+
+
+def interval_cell(mean: float, lo: float, hi: float, n: int) -> str:
+    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]" if n > 1 else f"{mean:+.1f} (one seed, no interval)"
+
+
 def variant_config(config: str, base_overrides: dict, variant: str, seed: int, base_name: str):
     return load_config(config, {**base_overrides, **VARIANTS[variant], "train.seed": seed,
                                 "name": f"{base_name}-ablation-{variant}-s{seed}"})
@@ -204,8 +222,7 @@ def print_tables(table: dict, seeds: list[int], title: str) -> list[str]:
             continue
         cells = []
         for m in METRICS:
-            mean, lo, hi = paired_interval(*paired_values(table, a, b, m))
-            cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]" if n > 1 else f"{mean:+.1f} (one seed, no interval)")
+            cells.append(interval_cell(*paired_interval(*paired_values(table, a, b, m)), n))
         lines.append(f"| {a} - {b} | {n} | " + " | ".join(cells) + " |")
     print("\n".join(lines), flush=True)
     return lines

@@ -35,14 +35,11 @@ def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
-    parser.add_argument("--variants", nargs="+", default=["dl-dkd"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--dropout", choices=("lanes", "torch"), default="lanes",
-                        help="which runs: those of bench/ablation.py --dropout lanes or torch")
-    args = parser.parse_args()
-
     sys.path.insert(0, str(ROOT / "bench"))
-    from ablation import runs_base_name, variant_config
+    from ablation import add_run_selection, selected_runs
+
+    add_run_selection(parser)
+    args = parser.parse_args()
 
     from stages.data import load_split
     from stages.evaluate import encode_split
@@ -58,9 +55,7 @@ def main() -> None:
     sim, query_ids, video_ids = TeacherCache(store).video_sim(teacher, split)
     row_of = {q: i for i, q in enumerate(query_ids)}
     column_of = {v: i for i, v in enumerate(video_ids)}
-    runs = [(v, s) for v in args.variants for s in args.seeds]
-    for variant, seed in runs:
-        cfg = variant_config(args.config, {}, variant, seed, runs_base_name(base, args.dropout))
+    for _, _, cfg in selected_runs(args, base):
         model, branch, _ = load_trained_student(cfg, "best", "cpu", store)
         data = load_split(cfg, split, (), store)
         rows = [row_of[q] for q in data.query_ids]

@@ -61,18 +61,15 @@ def branch_scores(model, data) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
+    from ablation import METRICS, add_run_selection, interval_cell, mean_std, paired_interval, selected_runs
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config")
-    parser.add_argument("--variants", nargs="+", default=["dl-dkd"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--dropout", choices=("lanes", "torch"), default="lanes",
-                        help="which runs: those of bench/ablation.py --dropout lanes or torch")
+    add_run_selection(parser)
     parser.add_argument("--against", default=None, help="an --out file of bench/ablation.py")
     parser.add_argument("--against-variant", default="exploration-only")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-
-    from ablation import METRICS, mean_std, paired_interval, runs_base_name, variant_config
 
     from stages.data import load_split
     from stages.trained import load_trained_student
@@ -81,25 +78,23 @@ def main() -> None:
     base = load_config(args.config)
     store = FeatureStore(base.store)
     results = []
-    for variant in args.variants:
-        for seed in args.seeds:
-            cfg = variant_config(args.config, {}, variant, seed, runs_base_name(base, args.dropout))
-            model, branch, state = load_trained_student(cfg, "best", "cpu", store)
-            if branch != "fused":
-                sys.exit(f"{cfg.name} has one branch: nothing to fuse")
-            by_split = {}
-            for split in ("val", "test"):
-                data = load_split(cfg, split, (), store)
-                by_split[split] = fused_metrics(*branch_scores(model, data), data.query_video.numpy(),
-                                                len(data.queries_without_video))
-            w = chosen_weight(by_split["val"])
-            test = by_split["test"]
-            result = {"run": cfg.name, "variant": variant, "seed": seed, "chosen_weight": w,
-                      "val_SumR": {str(k): round(v["SumR"], 2) for k, v in by_split["val"].items()},
-                      "test_SumR": {str(k): round(v["SumR"], 2) for k, v in test.items()},
-                      "test_at_chosen": test[w], "test_at_paper": test[PAPER_WEIGHT]}
-            results.append(result)
-            print(json.dumps(result), flush=True)
+    for variant, seed, cfg in selected_runs(args, base):
+        model, branch, _ = load_trained_student(cfg, "best", "cpu", store)
+        if branch != "fused":
+            sys.exit(f"{cfg.name} has one branch: nothing to fuse")
+        by_split = {}
+        for split in ("val", "test"):
+            data = load_split(cfg, split, (), store)
+            by_split[split] = fused_metrics(*branch_scores(model, data), data.query_video.numpy(),
+                                            len(data.queries_without_video))
+        w = chosen_weight(by_split["val"])
+        test = by_split["test"]
+        result = {"run": cfg.name, "variant": variant, "seed": seed, "chosen_weight": w,
+                  "val_SumR": {str(k): round(v["SumR"], 2) for k, v in by_split["val"].items()},
+                  "test_SumR": {str(k): round(v["SumR"], 2) for k, v in test.items()},
+                  "test_at_chosen": test[w], "test_at_paper": test[PAPER_WEIGHT]}
+        results.append(result)
+        print(json.dumps(result), flush=True)
 
     lines = ["| variant | seeds | w chosen on val (per seed) | test SumR at w = 0.7 | at the chosen w | "
              "w = 0 (exploration branch) | w = 1 (inheritance branch) |", "|---|---|---|---|---|---|---|"]
@@ -118,11 +113,9 @@ def main() -> None:
             rows = [r for r in results if r["variant"] == variant and r["seed"] in other]
             if not rows:
                 continue
-            cells = []
-            for m in METRICS:
-                mean, lo, hi = paired_interval([r["test_at_chosen"][m] for r in rows],
-                                               [other[r["seed"]][m] for r in rows])
-                cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]")
+            cells = [interval_cell(*paired_interval([r["test_at_chosen"][m] for r in rows],
+                                                    [other[r["seed"]][m] for r in rows]), len(rows))
+                     for m in METRICS]
             lines.append(f"| {variant} | {len(rows)} | " + " | ".join(cells) + " |")
     print("\n".join(lines), flush=True)
     if args.out:
