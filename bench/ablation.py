@@ -258,12 +258,15 @@ def plot_best_epochs(runs: list[dict], cfg, out: Path) -> None:
 
 def earlier_runs(files: list[str], runs: list[dict], dropout: str) -> list[dict]:
     """The runs recorded in earlier --out files, less those of a variant and seed that `runs` has.
-    A file that names another dropout sampler is refused: its runs would not pair with these."""
+    A file that names another dropout sampler, or none, is refused: its runs would not pair with these
+    (files written before the sampler was recorded hold either)."""
     have = {(r["variant"], r["seed"]) for r in runs}
     found: dict[tuple[str, int], dict] = {}
     for name in files:
         recorded = json.loads(Path(name).read_text())
-        if recorded.get("dropout", dropout) != dropout:
+        if "dropout" not in recorded:
+            sys.exit(f"{name} records no dropout sampler: add \"dropout\": \"lanes\" or \"torch\" if you know it")
+        if recorded["dropout"] != dropout:
             sys.exit(f"{name} was measured with --dropout {recorded['dropout']}, not {dropout}")
         for r in recorded["runs"]:
             found[(r["variant"], r["seed"])] = r

@@ -68,6 +68,11 @@ def test_ablation_adds_earlier_runs_of_the_same_sampler_only(tmp_path):
     assert got == [record("dl-dkd", 0, 1.0)]
     with pytest.raises(SystemExit, match="--dropout torch"):
         ablation.earlier_runs([str(earlier)], [], "lanes")
+    unmarked = tmp_path / "unmarked.json"
+    unmarked.write_text(json.dumps({"runs": [record("dl-dkd", 0, 1.0)]}))
+    for sampler in ("lanes", "torch"):
+        with pytest.raises(SystemExit, match="records no dropout sampler"):
+            ablation.earlier_runs([str(unmarked)], [], sampler)
 
     class Named:
         name = "bench"
