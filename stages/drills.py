@@ -8,7 +8,9 @@ decoder. Unset, each is a no-op.
                              with PRVR_KILL_ONCE_DIR set, once per shard: a marker file there
                              records that it happened
     PRVR_DECODE_HANG=TEXT    a decode worker given a path containing TEXT sleeps forever (the
-                             pool's timeout kill, without a real decord hang)
+                             pool's timeout kill, without a real decord hang); with
+                             PRVR_DECODE_HANG_MARKER=FILE it first creates FILE, so a drill
+                             can tell from outside that the hang has begun
     PRVR_DECODE_CRASH=TEXT   a decode worker given such a path kills itself with SIGSEGV
 """
 
@@ -26,6 +28,7 @@ FAIL_DRILL_ENV = "PRVR_FAIL_SHARDS"
 KILL_DRILL_ENV = "PRVR_KILL_SHARDS"
 KILL_ONCE_ENV = "PRVR_KILL_ONCE_DIR"
 HANG_DRILL_ENV = "PRVR_DECODE_HANG"
+HANG_MARKER_ENV = "PRVR_DECODE_HANG_MARKER"
 CRASH_DRILL_ENV = "PRVR_DECODE_CRASH"
 
 
@@ -59,6 +62,9 @@ def decode_drills(path: str) -> None:
     """In decode workers: simulate a decoder that hangs or crashes on this path."""
     hang_marker = os.environ.get(HANG_DRILL_ENV)
     if hang_marker and hang_marker in path:
+        marker = os.environ.get(HANG_MARKER_ENV)
+        if marker:
+            Path(marker).touch()
         while True:
             time.sleep(3600)
     crash_marker = os.environ.get(CRASH_DRILL_ENV)

@@ -40,21 +40,24 @@ def base_env(tmp: Path) -> dict:
 def test_sigkill_mid_shard_then_rerun_equals_a_clean_run(tmp_path):
     root = write_dataset(tmp_path / "ds", broken=False)
     killed_store, clean_store = str(tmp_path / "killed.zarr"), str(tmp_path / "clean.zarr")
-    # batch_size 1: each video is written as soon as it is decoded, so the shard has rows when killed.
-    cfg_killed = write_config(tmp_path, root, killed_store, shard_size=2, batch_size=1)
+    # decode_timeout_s 600: the hung decode outlasts the kill, so nothing but the kill ends shard 1.
+    # (At 60 s, waiting for shard 1's rows raced the pool's timeout: rows wait in memory until a
+    # chunk fills, so this small shard's rows reach disk only in the commit that follows the
+    # timeout, and a loaded machine once let the commit win.)
+    cfg_killed = write_config(tmp_path, root, killed_store, shard_size=2, batch_size=1, decode_timeout_s=600)
     env = base_env(tmp_path)
-    # Drill hook: the decode of v3 (second video of shard 1) hangs, so the kill lands mid-shard.
-    proc = subprocess.Popen([str(BIN / "prvr"), "run", str(cfg_killed), "--stages", "extract"], env={**env, "PRVR_DECODE_HANG": "v3."},
+    hung = tmp_path / "v3-decode-hung"
+    # Drill hook: the decode of v3 (second video of shard 1) hangs, so the kill lands mid-shard,
+    # after v2 was decoded and while shard 1's arrays exist uncommitted on disk.
+    proc = subprocess.Popen([str(BIN / "prvr"), "run", str(cfg_killed), "--stages", "extract"],
+                            env={**env, "PRVR_DECODE_HANG": "v3.", "PRVR_DECODE_HANG_MARKER": str(hung)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         shard1 = Path(killed_store) / "videos" / shard_name(1)
-        while True:
+        while not (hung.exists() and (shard1 / "frame_time" / "zarr.json").exists()):
             assert proc.poll() is None, "prvr run ended before it could be killed"
-            assert time.monotonic() < deadline, "shard 1 never started writing"
-            time_meta = shard1 / "frame_time" / "zarr.json"
-            if time_meta.exists() and json.loads(time_meta.read_text())["shape"][0] > 0:
-                break
+            assert time.monotonic() < deadline, "the decode of v3 never began hanging"
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its decode workers, no cleanup
@@ -63,10 +66,11 @@ def test_sigkill_mid_shard_then_rerun_equals_a_clean_run(tmp_path):
     assert store.shard_status(0, None).state == "committed"
     state = store.shard_status(1, None)
     assert state.state == "missing" and "never committed" in state.note
-    assert "v2" not in store.video_index()  # written rows of an uncommitted shard are invisible
+    assert "v2" not in store.video_index()  # decoded, in an uncommitted shard: invisible
 
     prvr(["run", str(cfg_killed), "--stages", "extract"], env)
-    prvr(["run", str(write_config(tmp_path, root, clean_store, shard_size=2, batch_size=1)), "--stages", "extract"], env)
+    prvr(["run", str(write_config(tmp_path, root, clean_store, shard_size=2, batch_size=1, decode_timeout_s=600)),
+          "--stages", "extract"], env)
     killed, clean = FeatureStore(killed_store), FeatureStore(clean_store)
     assert killed.feature_names() == clean.feature_names()
     for vid, _, _ in GOOD:
