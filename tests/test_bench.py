@@ -110,3 +110,16 @@ def test_fusion_weight_sweeps_the_fused_score_and_chooses_on_validation():
     assert fusion.chosen_weight(got) == 0.5
     # Among equal validation figures the paper's weight is kept.
     assert fusion.chosen_weight({0.0: {"SumR": 1.0}, 0.7: {"SumR": 1.0}, 1.0: {"SumR": 0.5}}) == 0.7
+
+
+def test_distill_share_splits_the_loss_and_averages_the_runs_that_reached_an_epoch():
+    share = load("distill_share")
+    row = {"distill_weight": 0.1, "loss_distill": 30.0, "loss": 5.0}  # weighted 3.0 of a loss of 5.0
+    terms = share.epoch_terms(row)
+    assert abs(terms["weighted_kl"] - 3.0) < 1e-12 and abs(terms["task"] - 2.0) < 1e-12
+    assert abs(terms["share"] - 0.6) < 1e-12
+    short = [row]
+    long = [row, {"distill_weight": 0.0, "loss_distill": 50.0, "loss": 2.0}]
+    rows = share.variant_rows([short, long], [0, 1, 5])
+    assert [(r["epoch"], r["runs"]) for r in rows] == [(0, 2), (1, 1)]
+    assert rows[1]["share"] == 0.0 and rows[1]["task"] == 2.0 and rows[1]["kl"] == 50.0
