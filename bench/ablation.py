@@ -148,15 +148,14 @@ def run_variant(config: str, base_overrides: dict, variant: str, seed: int, base
 def recorded_run(config: str, base_overrides: dict, variant: str, seed: int, base_name: str) -> dict | None:
     """A finished run's record from its run folder (metrics.json, history.json), without training or
     evaluating again; None when the run has no metrics yet."""
-    from storage.runs import RunPaths
+    from storage.runs import RunPaths, read_history
 
     cfg = variant_config(config, base_overrides, variant, seed, base_name)
     paths = RunPaths.of(cfg.runs_dir, cfg.name)
-    history = paths.root / "history.json"
-    if not paths.metrics.is_file() or not history.is_file():
+    epochs = read_history(paths)
+    if not paths.metrics.is_file() or epochs is None:
         return None
     metrics = json.loads(paths.metrics.read_text())
-    epochs = json.loads(history.read_text())
     seconds = sum(r.get("seconds", 0.0) for r in epochs)
     return make_record(cfg, variant, seed, metrics["methods"], metrics["best_epoch"], len(epochs), seconds)
 

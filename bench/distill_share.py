@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from ablation import add_run_selection, selected_runs  # noqa: E402
 from configs.schema import load_config  # noqa: E402
-from storage.runs import RunPaths  # noqa: E402
+from storage.runs import RunPaths, read_history  # noqa: E402
 
 
 def epoch_terms(record: dict) -> dict:
@@ -53,11 +53,9 @@ def main() -> None:
     base = load_config(args.config)
     histories: dict[str, list[list[dict]]] = {}
     for variant, _, cfg in selected_runs(args, base):
-        path = RunPaths.of(cfg.runs_dir, cfg.name).root / "history.json"
-        if path.is_file():
-            history = json.loads(path.read_text())
-            if history and "loss_distill" in history[0]:
-                histories.setdefault(variant, []).append(history)
+        history = read_history(RunPaths.of(cfg.runs_dir, cfg.name))
+        if history and "loss_distill" in history[0]:
+            histories.setdefault(variant, []).append(history)
     if not histories:
         sys.exit("no finished run with a distillation term among the selected ones")
     table = {v: variant_rows(h, args.epochs) for v, h in histories.items()}
